@@ -1,0 +1,1 @@
+"""mediabind package (see DESIGN.md §2)."""

@@ -1,0 +1,107 @@
+"""One frozen configuration object, read from ``MEDIABIND_*`` environment variables.
+
+Every knob of the system lives here with its default and a line on what it
+does; the README's configuration reference is generated from these fields.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.payload import SegmentPolicy
+
+
+def _default_home() -> Path:
+    return Path.home() / ".mediabind"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDIABIND_", frozen=True, extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    home: Path = Field(default_factory=_default_home,
+                       description="Root of everything mediabind writes by default.")
+    qdrant_path: Path | None = Field(None, description="Embedded store folder (default: HOME/qdrant).")
+    runs_dir: Path | None = Field(None, description="Run reports (default: HOME/runs).")
+    cache_dir: Path | None = Field(None, description="Model checkpoints (default: HOME/checkpoints).")
+
+    # --- model -------------------------------------------------------------
+    preset: str = Field("imagebind_huge", description="Model preset (imagebind_huge, or a tiny test preset).")
+    checkpoint: Path | None = Field(None, description="Explicit checkpoint file; skips the cache and download.")
+    accept_license: bool = Field(
+        False,
+        description="Set to true to accept the CC BY-NC-SA 4.0 licence of the ImageBind weights "
+        "(non-commercial use only) and allow their download.",
+    )
+    device: str = Field("auto", description="torch device: auto (cuda if present), cpu, cuda, cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU.")
+
+    # --- store ------------------------------------------------------------------
+    store: Literal["auto", "edge", "local", "server"] = Field(
+        "auto", description="auto = server when QDRANT_URL is set, else the embedded edge engine.")
+    qdrant_url: str | None = Field(None, validation_alias="QDRANT_URL",
+                                   description="Qdrant server URL (env QDRANT_URL).")
+    qdrant_api_key: SecretStr | None = Field(None, validation_alias="QDRANT_API_KEY",
+                                             description="Qdrant API key (env QDRANT_API_KEY); never logged.")
+    qdrant_prefer_grpc: bool = Field(False, description="Use gRPC for bulk writes to a server.")
+    collection: str = Field("mediabind", description="Alias that searches and ingests go through.")
+    quantization: bool = Field(False, description="int8 scalar quantization of stored vectors.")
+    on_disk_vectors: bool = Field(False, description="Keep vectors on disk (memory-mapped).")
+    upsert_batch: int = Field(256, ge=1, description="Points per upsert.")
+
+    # --- segmentation ---------------------------------------------------------
+    segment_s: float = Field(2.0, gt=0, description="Window length for video/audio/IMU (ImageBind's unit: 2 s).")
+    stride_s: float = Field(2.0, gt=0, description="Step between windows (< segment_s overlaps).")
+    video_crops: Literal[1, 3] = Field(3, description="Spatial crops per video clip (reference: 3).")
+    file_level: bool = Field(True, description="Also store one file-level point per item and modality.")
+    text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
+
+    # --- safety limits on sources ----------------------------------------------
+    max_member_bytes: int = Field(8 << 30, description="Largest file accepted (bytes).")
+    max_total_bytes: int = Field(2 << 40, description="Largest total read from one source (bytes).")
+    max_members: int = Field(5_000_000, description="Most files read from one source.")
+    max_compression_ratio: float = Field(200.0, description="Reject members that expand more than this (zip bombs).")
+    max_nesting: int = Field(2, ge=0, description="How deep nested archives are followed.")
+    max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
+    ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call.")
+
+    # --- execution ---------------------------------------------------------------
+    executor: Literal["local", "ray"] = Field("local", description="local (one process) or ray.")
+    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS",
+                                    description="Join this Ray cluster (env RAY_ADDRESS); else start a local one.")
+    decode_workers: int = Field(2, ge=1, description="Decode threads (local) or CPU tasks in flight (ray).")
+    encode_actors: int = Field(1, ge=1, description="Encoder actors in the Ray pool (one per GPU).")
+
+    @property
+    def qdrant_dir(self) -> Path:
+        return self.qdrant_path or self.home / "qdrant"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.runs_dir or self.home / "runs"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.cache_dir or self.home / "checkpoints"
+
+    @property
+    def policy(self) -> SegmentPolicy:
+        return SegmentPolicy(self.segment_s, self.stride_s, self.video_crops, self.file_level)
+
+    @property
+    def store_kind(self) -> Literal["edge", "local", "server"]:
+        if self.store != "auto":
+            return self.store
+        return "server" if self.qdrant_url else "edge"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

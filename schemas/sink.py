@@ -1,0 +1,24 @@
+"""The small protocol executors write through (DESIGN.md §2).
+
+``search.store`` implements it; the caller (flow or CLI) hands an instance to
+the executor, so ``embed_workers`` never imports ``search``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+from schemas.records import EmbeddingRecord
+
+
+@runtime_checkable
+class PointSink(Protocol):
+    def write(self, records: Sequence[EmbeddingRecord]) -> None:
+        """Idempotent upsert of a batch (same point id → overwritten)."""
+
+    def completed_items(self, item_ids: Iterable[str]) -> set[str]:
+        """The given items whose file-level point(s) are stored: nothing left to do."""
+
+    def add_locations(self, item_id: str, source_uris: Sequence[str]) -> None:
+        """Remember more paths for stored bytes (a duplicate seen at a new path)."""
