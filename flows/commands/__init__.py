@@ -1,0 +1,1 @@
+"""Subcommands of the `mediabind` CLI (see flows/cli.py)."""

@@ -1,0 +1,65 @@
+"""`mediabind info`: what this installation would use, and what the store holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+from schemas import MODALITIES, Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser("info", help="show settings, model, checkpoint and store status")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _checkpoint_status(settings: Settings) -> str:
+    from embed_workers.model.checkpoint import resolve_checkpoint
+    from embed_workers.model.presets import get_preset
+
+    preset = get_preset(settings.preset)
+    if preset.checkpoint_url is None:
+        return "not needed (random-weight test preset)"
+    try:
+        return str(resolve_checkpoint(preset, settings, download=False))
+    except (FileNotFoundError, PermissionError, RuntimeError) as exc:
+        return f"missing: {exc}"
+
+
+def _store_status(settings: Settings) -> dict:
+    from search.store import open_store
+
+    try:
+        with open_store(settings) as store:
+            return {**store.collection_info(), "by_modality": store.count_by_modality()}
+    except Exception as exc:  # info must report, not fail, whatever the store's state
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def collect(settings: Settings) -> dict:
+    return {
+        "preset": settings.preset,
+        "checkpoint": _checkpoint_status(settings),
+        "licence_accepted": settings.accept_license,
+        "store": settings.store_kind,
+        "store_path": str(settings.qdrant_dir) if settings.store_kind != "server" else None,
+        "qdrant_url": settings.qdrant_url,
+        "collection": settings.collection,
+        "policy": settings.policy.policy_id,
+        "executor": settings.executor,
+        "ffmpeg": shutil.which("ffmpeg"),
+        "modalities": [m.value for m in MODALITIES],
+        "collection_status": _store_status(settings),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect(Settings())
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for key, value in info.items():
+        print(f"{key:>18}: {value}")
+    return 0
