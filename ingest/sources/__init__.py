@@ -1,0 +1,134 @@
+"""Read any archive safely and stream its files as ``SourceEntry`` or ``Rejected`` records.
+
+Sources: a local folder (recursive, sorted), ``.tar``, ``.tar.gz``/``.tgz``,
+``.zip``, and fsspec URLs (``file://`` with core fsspec; ``s3://`` and
+``gs://`` need the extras ``mediabind[s3]`` / ``mediabind[gcs]``). A URL to a
+folder (prefix) lists it; a URL to an archive streams the archive through
+fsspec's file object.
+
+Nothing is extracted: each member is copied to a spool file (under
+``settings.home / "tmp"`` unless ``spool_dir`` is given) while its sha256 is
+computed; the consumer calls ``entry.release()`` (or uses ``with entry:``) when
+done. Files of a local folder are read in place and not copied.
+
+Member paths (``MediaItem.member``) are relative POSIX paths. Inside a nested
+archive the path continues after ``!/``: ``shards/a.zip!/img/x.jpg`` is
+``img/x.jpg`` inside ``a.zip`` inside the source, so ``source_uri`` reads
+``data.tar!/shards/a.zip!/img/x.jpg``. Nested archives (.tar, .tar.gz, .tgz,
+.zip members, also inside folders) are followed up to ``settings.max_nesting``.
+
+Metadata (``MediaItem.meta``): a ``<file>.json`` member next to a file (a JSON
+object; see ``sidecars.py``), overridden key by key by the row of the sidecar
+manifest given as ``manifest=`` (see ``ingest.manifest``), whose ``kind``
+column also overrides kind detection.
+
+Duplicates: bytes already yielded in this run come again as
+``SourceEntry(duplicate=True)`` with only the new location in
+``item.locations``. Limits (``Settings.max_*``) and unsafe entries become
+``Rejected`` records; see ``safety.py`` for what stops a member, an archive,
+or the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ingest.manifest import load_manifest, normalise_member
+from ingest.sources.members import RawMember, SourceEntry
+from ingest.sources.readers import Reader, archive_reader, iter_folder, iter_fsspec_folder
+from ingest.sources.safety import Budget, ContainerStopped
+from ingest.sources.sidecars import attach_sidecars
+from ingest.sources.stream import NESTED_SEPARATOR, RunState, iter_source_members
+from schemas import Rejected, Settings, get_settings
+
+__all__ = ["NESTED_SEPARATOR", "SourceEntry", "iter_source"]
+
+# The optional extra that provides each fsspec protocol we document.
+PROTOCOL_EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def iter_source(source: str | Path, settings: Settings | None = None,
+                manifest: str | Path | None = None, *,
+                spool_dir: str | Path | None = None) -> Iterator[SourceEntry | Rejected]:
+    """Stream the files of ``source``; see the module docstring.
+
+    Raises at once (not as Rejected) for user errors: a missing source
+    (FileNotFoundError), a file that is no supported archive (ValueError), a
+    URL whose filesystem is not installed (ImportError naming the extra), an
+    invalid manifest (ManifestError).
+    """
+    settings = settings or get_settings()
+    members = open_source(source, settings.max_compression_ratio)
+    rows = load_manifest(manifest) if manifest is not None else {}
+    spool_path = Path(spool_dir) if spool_dir is not None else settings.home / "tmp"
+    spool_path.mkdir(parents=True, exist_ok=True)
+    state = RunState(str(source), settings, spool_path,
+                     {normalise_member(k): v for k, v in rows.items()},
+                     Budget.from_settings(settings))
+    return attach_sidecars(iter_source_members(state, members))
+
+
+def open_source(source: str | Path, max_ratio: float) -> Generator[RawMember, None, None]:
+    """The members of a local or fsspec source; checks it exists before streaming."""
+    text = str(source)
+    if "://" in text:
+        return _open_url(text, max_ratio)
+    path = Path(source)
+    if path.is_dir():
+        return iter_folder(path)
+    if not path.exists():
+        raise FileNotFoundError(f"source not found: {path}")
+    reader = _require_archive(text)
+    return _read_archive(lambda: path.open("rb"), reader, max_ratio)
+
+
+def _open_url(url: str, max_ratio: float) -> Generator[RawMember, None, None]:
+    fs, root = _filesystem(url)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source not found: {url}")
+    if fs.isdir(root):
+        if _is_local(fs):  # same safety as a local folder (links reported, not followed)
+            return iter_folder(Path(root))
+        return iter_fsspec_folder(fs, root)
+    reader = _require_archive(url)
+    return _read_archive(lambda: fs.open(root, "rb"), reader, max_ratio)
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        extra = PROTOCOL_EXTRAS.get(protocol)
+        hint = f"pip install 'mediabind[{extra}]'" if extra else "install its fsspec backend"
+        raise ImportError(f"reading {protocol}:// sources needs an optional package: {hint} "
+                          f"({exc})") from exc
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _require_archive(name: str) -> Reader:
+    reader = archive_reader(name)
+    if reader is None:
+        raise ValueError(f"not a folder or a supported archive (.tar, .tar.gz, .tgz, .zip): "
+                         f"{name}")
+    return reader
+
+
+def _read_archive(opener: Callable[[], BinaryIO], reader: Reader,
+                  max_ratio: float) -> Generator[RawMember, None, None]:
+    # Opened lazily and closed when the stream ends or is closed early.
+    try:
+        fileobj = opener()
+    except OSError as exc:
+        raise ContainerStopped(f"cannot open the archive: {exc}") from exc
+    with fileobj:
+        yield from reader(fileobj, max_ratio)

@@ -1,0 +1,174 @@
+"""The member pipeline: check → spool + sha256 → follow nested archives → kind → item.
+
+Every failure becomes a ``Rejected``; three scopes (see ``safety.py``):
+MemberRejected skips one member, ContainerStopped ends one archive (the outer
+one goes on), SourceStopped ends the source with one Rejected saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.kinds import Detection, classify
+from ingest.manifest import ManifestRow
+from ingest.sources.members import RawMember, Sidecar, SourceEntry
+from ingest.sources.readers import archive_reader
+from ingest.sources.safety import (
+    Budget,
+    ContainerStopped,
+    MemberRejected,
+    ReadGuard,
+    SourceStopped,
+    safe_member_path,
+)
+from ingest.sources.spool import Spooled, drain, spool
+from schemas import MediaItem, Rejected, Settings, Stage
+from schemas.records import join_uri
+
+NESTED_SEPARATOR = "!/"  # a member inside a nested archive: outer/inner.zip!/x.jpg
+SIDECAR_SUFFIX = ".json"
+MAX_SIDECAR_BYTES = 1 << 20
+
+Output = SourceEntry | Rejected | Sidecar
+
+
+@dataclass
+class RunState:
+    """What one ``iter_source`` call knows: settings, limits, manifest, bytes seen."""
+
+    archive: str
+    settings: Settings
+    spool_dir: Path
+    manifest: dict[str, ManifestRow]
+    budget: Budget
+    seen: dict[str, Detection] = field(default_factory=dict)
+
+    def uri(self, member: str) -> str:
+        return join_uri(self.archive, member) if member else self.archive
+
+    def guard(self, raw: RawMember) -> ReadGuard:
+        return ReadGuard(self.budget, self.settings.max_member_bytes, raw.ratio_check)
+
+
+def iter_source_members(state: RunState,
+                        members: Generator[RawMember, None, None]) -> Iterator[Output]:
+    """The whole source; a source-wide limit ends it with one Rejected."""
+    try:
+        yield from iter_container(state, members, prefix="", depth=0)
+    except SourceStopped as exc:
+        yield Rejected("", state.archive, Stage.SOURCE, str(exc))
+
+
+def iter_container(state: RunState, members: Generator[RawMember, None, None], prefix: str,
+                   depth: int) -> Iterator[Output]:
+    """One container's members; a broken container ends with one Rejected."""
+    container = prefix.removesuffix(NESTED_SEPARATOR)
+    done = 0
+    try:
+        for raw in members:
+            yield from handle_member(state, raw, prefix, depth)
+            done += 1
+    except ContainerStopped as exc:
+        yield Rejected("", state.uri(container), Stage.SOURCE,
+                       f"{exc} (after {done} members; the rest is not read)")
+    finally:
+        members.close()
+
+
+def handle_member(state: RunState, raw: RawMember, prefix: str, depth: int) -> Iterator[Output]:
+    """Check, read and describe one member (or follow it, when it is an archive)."""
+    guard = state.guard(raw)
+    member = prefix + raw.name  # as the archive spells it, until it is found safe
+    try:
+        state.budget.count_member()
+        member = prefix + safe_member_path(raw.name)
+        _check_declared(raw)
+        if archive_reader(member) is not None:
+            yield from follow_nested(state, raw, member, depth, guard)
+            return
+        spooled = spool(raw, member, state.spool_dir, guard)
+    except MemberRejected as exc:
+        if guard.read == 0:  # refused before reading: a tar stream must still pass it
+            drain(raw, guard)
+        yield Rejected("", state.uri(member), Stage.SOURCE, str(exc))
+        return
+    yield describe(state, raw, member, spooled)
+
+
+def _check_declared(raw: RawMember) -> None:
+    if raw.problem:
+        raise MemberRejected(raw.problem)
+    if raw.size == 0:
+        raise MemberRejected("empty file (0 bytes)")
+
+
+def follow_nested(state: RunState, raw: RawMember, member: str, depth: int,
+                  guard: ReadGuard) -> Iterator[Output]:
+    """Read an archive found inside the source, up to ``settings.max_nesting`` deep."""
+    if depth + 1 > state.settings.max_nesting:
+        raise MemberRejected(f"nested archive deeper than max_nesting="
+                             f"{state.settings.max_nesting}; not followed")
+    reader = archive_reader(member)
+    assert reader is not None
+    local = raw.local_path or spool(raw, member, state.spool_dir, guard).path
+    try:
+        with local.open("rb") as inner:
+            members = reader(inner, state.settings.max_compression_ratio)
+            yield from iter_container(state, members, member + NESTED_SEPARATOR, depth + 1)
+    finally:
+        if raw.local_path is None:
+            local.unlink(missing_ok=True)
+
+
+def describe(state: RunState, raw: RawMember, member: str, spooled: Spooled) -> Output:
+    """The SourceEntry for spooled bytes, or why they are refused."""
+    location = state.uri(member)
+    if spooled.size == 0:
+        spooled.release()
+        return Rejected("", location, Stage.SOURCE, "empty file (0 bytes)")
+    if member.lower().endswith(SIDECAR_SUFFIX):
+        return read_sidecar(member, location, spooled)
+    row = state.manifest.get(member)
+    detection = _detect(state, member, spooled, row)
+    if detection.kind is None:
+        spooled.release()
+        return Rejected(spooled.sha256, location, Stage.PROBE, detection.reason)
+    duplicate = spooled.sha256 in state.seen
+    state.seen.setdefault(spooled.sha256, detection)
+    item = MediaItem(
+        item_id=spooled.sha256, archive=state.archive, member=member,
+        size_bytes=spooled.size, kind=detection.kind, mime=detection.mime, mtime=raw.mtime,
+        locations=(location,), meta=dict(row.meta) if row else {},
+    )
+    return SourceEntry(item, spooled.path, duplicate, temporary=spooled.temporary)
+
+
+def _detect(state: RunState, member: str, spooled: Spooled, row: ManifestRow | None) -> Detection:
+    # The same bytes were classified already (no second ffprobe); a manifest
+    # kind overrides detection (and needs no ffprobe either).
+    if row is not None and row.kind is not None:
+        return Detection(row.kind, classify(member, spooled.head).mime)
+    known = state.seen.get(spooled.sha256)
+    if known is not None:
+        return known
+    return classify(member, spooled.head, spooled.path,
+                    probe_timeout_s=state.settings.ffmpeg_timeout_s)
+
+
+def read_sidecar(member: str, location: str, spooled: Spooled) -> Sidecar:
+    """A ``<file>.json`` member: a JSON object of metadata for ``<file>``."""
+    target = member[: -len(SIDECAR_SUFFIX)]
+    try:
+        if spooled.size > MAX_SIDECAR_BYTES:
+            raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
+        meta = json.loads(spooled.path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Sidecar(target, location, spooled.sha256, None, f"invalid sidecar JSON: {exc}")
+    finally:
+        spooled.release()
+    return Sidecar(target, location, spooled.sha256, meta)
