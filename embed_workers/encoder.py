@@ -1,0 +1,172 @@
+"""``Encoder``: segments or query inputs → unit vectors, with the model loaded once per process.
+
+Preprocessing (``embed_workers.preprocess``) runs on the calling thread's CPU;
+the model runs under ``torch.inference_mode`` on the chosen device (bf16
+autocast on CUDA by default). Each modality's tower is built the first time it
+is needed and shared by every Encoder of the process with the same preset,
+device, dtype and checkpoint, so a worker never holds the weights twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embed_workers import preprocess as pp
+from embed_workers.model import (
+    ImageBindModel,
+    build_model,
+    get_preset,
+    resolve_device,
+    resolve_dtype,
+)
+from embed_workers.model.imagebind import VIEWS_NDIM
+from schemas import Kind, Modality, Segment, Settings, get_settings, spec
+
+# (modality, kind, data, label for errors): one input, whatever it came from.
+_Item = tuple[Modality, Kind, Any, str]
+_ModelKey = tuple[str, Modality, str, torch.dtype, str | None]
+
+_MODELS: dict[_ModelKey, ImageBindModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def release_models() -> None:
+    """Forget every cached tower (frees their memory once no Encoder uses them)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+class Encoder:
+    """Turns segments (ingest) or raw inputs (queries) into float32 [N,1024] unit vectors.
+
+    ``None`` arguments take their value from ``settings`` (MEDIABIND_*).
+    ``modalities`` limits which towers may be built (default: any, on first
+    use). ``batch_sizes`` overrides ``spec(m).batch_size``, counted in model
+    views: a 3-crop video clip counts 3.
+    """
+
+    def __init__(self, preset: str | None = None, modalities: Sequence[Modality | str] | None = None,
+                 device: str | None = None, dtype: str | None = None,
+                 checkpoint: Path | str | None = None, settings: Settings | None = None,
+                 batch_sizes: Mapping[Modality | str, int] | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.preset_name = preset or self.settings.preset
+        self.preset = get_preset(self.preset_name)
+        if self.preset.preprocessing != pp.RECIPE:
+            raise ValueError(f"preset {self.preset_name} needs preprocessing "
+                             f"{self.preset.preprocessing!r}; this build implements {pp.RECIPE!r}")
+        self.checkpoint = checkpoint or self.settings.checkpoint
+        self.device = resolve_device(device or self.settings.device)
+        self.dtype = resolve_dtype(dtype or self.settings.dtype, self.device)
+        self.modalities = tuple(Modality(m) for m in (modalities or Modality))
+        self.options = pp.PreprocessOptions(video_crops=self.settings.video_crops)
+        self.batch_sizes = {m: spec(m).batch_size for m in Modality}
+        self.batch_sizes.update({Modality(m): _positive(n) for m, n in (batch_sizes or {}).items()})
+
+    @property
+    def model_id(self) -> str:
+        """Goes into point ids and collection names (changes whenever the vectors would)."""
+        return self.preset.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.preset.config.out_dim
+
+    # --- public API ------------------------------------------------------------------
+
+    def encode_segments(self, segments: Sequence[Segment]) -> np.ndarray:
+        """float32 [N,1024] unit vectors, row i for segments[i]; batched per modality and layout."""
+        items = [(Modality(s.modality), Kind(s.kind), s.data,
+                  f"segment {i} (item {s.item_id}, {s.modality} #{s.index})")
+                 for i, s in enumerate(segments)]
+        return self._encode_items(items)
+
+    def encode(self, modality: Modality | str, inputs: Sequence[np.ndarray | str]) -> np.ndarray:
+        """Query inputs of one modality → float32 [N,1024]. Vision arrays are images
+        ([H,W,3]) or clips ([2,H,W,3]), told apart by rank."""
+        modality = Modality(modality)
+        items = [(modality, pp.query_kind(modality, x), x, f"{modality} input {i}")
+                 for i, x in enumerate(inputs)]
+        return self._encode_items(items)
+
+    def encode_batch(self, modality: Modality | str, batch: torch.Tensor) -> np.ndarray:
+        """A ready model batch (``preprocess.stack_inputs``) → float32 [N,1024] unit vectors."""
+        modality = self._allowed(Modality(modality))
+        model = self._model(modality)
+        with torch.inference_mode(), self._autocast():
+            vectors = model.embed(modality, batch)
+        out = vectors.float().cpu().numpy()
+        if not np.isfinite(out).all():  # never hand NaN vectors to a store
+            raise RuntimeError(f"the {modality} tower produced non-finite vectors "
+                               f"(device {self.device}, dtype {self.dtype})")
+        return out
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _encode_items(self, items: Sequence[_Item]) -> np.ndarray:
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        tensors = [self._prepare(item) for item in items]  # every input checked before any compute
+        for rows in self._batches(items, tensors):
+            modality = items[rows[0]][0]
+            out[rows] = self.encode_batch(modality, torch.stack([tensors[r] for r in rows]))
+        return out
+
+    def _prepare(self, item: _Item) -> torch.Tensor:
+        modality, kind, data, label = item
+        self._allowed(modality)
+        try:
+            return pp.preprocess(modality, data, kind, self.options)
+        except ValueError as error:
+            raise ValueError(f"{label}: {error}") from error
+
+    def _batches(self, items: Sequence[_Item], tensors: Sequence[torch.Tensor]) -> Iterator[list[int]]:
+        """Row indices per model call: grouped by layout (first seen first), cut by batch size."""
+        groups: dict[str, list[int]] = {}
+        for row, (modality, kind, _data, _label) in enumerate(items):
+            groups.setdefault(pp.input_spec(modality, kind).name, []).append(row)
+        for rows in groups.values():
+            first = rows[0]
+            views = _views_per_item(tensors[first])
+            size = max(1, self.batch_sizes[items[first][0]] // views)
+            for start in range(0, len(rows), size):
+                yield rows[start : start + size]
+
+    def _allowed(self, modality: Modality) -> Modality:
+        if modality not in self.modalities:
+            names = ", ".join(m.value for m in self.modalities)
+            raise ValueError(f"this Encoder was made for {names}; it cannot encode {modality}")
+        return modality
+
+    def _model(self, modality: Modality) -> ImageBindModel:
+        key = (self.preset_name, modality, str(self.device), self.dtype,
+               str(self.checkpoint) if self.checkpoint else None)
+        with _MODELS_LOCK:  # one build per process, even with several threads asking
+            if key not in _MODELS:
+                _MODELS[key] = build_model(self.preset, [modality], device=self.device,
+                                           dtype=self.dtype, checkpoint=self.checkpoint,
+                                           settings=self.settings)
+            return _MODELS[key]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16/fp16 autocast on CUDA keeps LayerNorm and softmax in float32."""
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast(device_type="cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+
+def _views_per_item(tensor: torch.Tensor) -> int:
+    """Model views in one item's input: video clips carry a leading crops axis."""
+    return tensor.shape[0] if tensor.ndim + 1 >= VIEWS_NDIM else 1
+
+
+def _positive(n: int) -> int:
+    if n < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {n}")
+    return n
