@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
+    except (ValueError, LookupError, OSError, RuntimeError) as exc:
         # User-facing errors: one readable line, no traceback.
         print(f"mediabind {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.payload import SegmentPolicy
@@ -54,11 +54,14 @@ class Settings(BaseSettings):
     quantization: bool = Field(False, description="int8 scalar quantization of stored vectors.")
     on_disk_vectors: bool = Field(False, description="Keep vectors on disk (memory-mapped).")
     upsert_batch: int = Field(256, ge=1, description="Points per upsert.")
+    optimize_after_points: int = Field(
+        20_000, ge=0, description="Edge store: build the HNSW index when a writer closes after "
+        "writing at least this many points (0 = never; exact search until then).")
 
     # --- segmentation ---------------------------------------------------------
     segment_s: float = Field(2.0, gt=0, description="Window length for video/audio/IMU (ImageBind's unit: 2 s).")
     stride_s: float = Field(2.0, gt=0, description="Step between windows (< segment_s overlaps).")
-    video_crops: Literal[1, 3] = Field(3, description="Spatial crops per video clip (reference: 3).")
+    video_crops: int = Field(3, description="Spatial crops per video clip: 1 or 3 (reference: 3).")
     file_level: bool = Field(True, description="Also store one file-level point per item and modality.")
     text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
 
@@ -71,12 +74,25 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
     ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call.")
 
+    # --- search -------------------------------------------------------------------
+    max_query_bytes: int = Field(64 << 20, gt=0,
+                                 description="Largest query input (file, bytes, array or text) accepted by search.")
+    negative_weight: float = Field(0.5, gt=0, description="Default λ of search negatives: q − λ·negative, renormalised.")
+
     # --- execution ---------------------------------------------------------------
     executor: Literal["local", "ray"] = Field("local", description="local (one process) or ray.")
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS",
                                     description="Join this Ray cluster (env RAY_ADDRESS); else start a local one.")
     decode_workers: int = Field(2, ge=1, description="Decode threads (local) or CPU tasks in flight (ray).")
     encode_actors: int = Field(1, ge=1, description="Encoder actors in the Ray pool (one per GPU).")
+
+    @field_validator("video_crops")
+    @classmethod
+    def _crops_one_or_three(cls, value: int) -> int:
+        # An int field (not Literal[1, 3]) so "1" from the environment parses.
+        if value not in (1, 3):
+            raise ValueError("video_crops must be 1 or 3")
+        return value
 
     @property
     def qdrant_dir(self) -> Path:

@@ -86,3 +86,11 @@ def test_payload_follows_the_contract():
     assert payload["source_uri"] == ["/data/a.tar!/x/clip.mp4"]
     assert (payload["kind"], payload["modality"], payload["start_s"]) == ("video", "audio", 4.0)
     assert payload["meta"] == {"camera": "A"} and payload["width"] == 640
+
+
+def test_video_crops_from_env_parse_and_validate(monkeypatch):
+    monkeypatch.setenv("MEDIABIND_VIDEO_CROPS", "1")
+    assert Settings().policy.video_crops == 1
+    monkeypatch.setenv("MEDIABIND_VIDEO_CROPS", "2")
+    with pytest.raises(ValidationError, match="1 or 3"):
+        Settings()
