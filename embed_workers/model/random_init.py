@@ -19,6 +19,8 @@ from embed_workers.model.stems import causal_mask
 from schemas import Modality
 
 INIT_STD = 0.02
+# Learned tokens and tables: drawn small, like the reference initialisation.
+EMBEDDING_KEYS = ("cls_token", "pos_embed", "token_embedding.weight", "bias_k", "bias_v")
 
 
 def _key_seed(seed: int, key: str) -> int:
@@ -48,8 +50,20 @@ def _seeded_value(key: str, shape: torch.Size, seed: int, norm_keys: set[str],
     generator = torch.Generator(device=device).manual_seed(_key_seed(seed, key))
     if key in norm_keys:  # LayerNorm gains near 1, so the tiny nets are not trivially scaled
         return 1.0 + INIT_STD * torch.randn(shape, generator=generator, device=device)
-    std = INIT_STD if len(shape) < 2 else min(INIT_STD, 1.0 / math.sqrt(shape[-1]))
-    return std * torch.randn(shape, generator=generator, device=device)
+    return _random_std(key, shape) * torch.randn(shape, generator=generator, device=device)
+
+
+def _random_std(key: str, shape: torch.Size) -> float:
+    """Small tokens/embeddings; unit-gain (1/sqrt(fan_in)) projections.
+
+    Projections scaled by fan-in keep each layer's output on the scale of its
+    input, so a tiny random network's vectors depend on its input (with a
+    flat 0.02 the class token dominates and every input gives cosine > 0.999,
+    which makes retrieval tests meaningless).
+    """
+    if len(shape) < 2 or key.endswith(EMBEDDING_KEYS):
+        return INIT_STD
+    return 1.0 / math.sqrt(math.prod(shape[1:]))
 
 
 @torch.no_grad()
