@@ -1,0 +1,150 @@
+"""Decode cost: video seconds turned into segments per CPU-second, against a full decode.
+
+    python benchmarks/decode.py              # two 30-s 720p videos, < 3 min
+    python benchmarks/decode.py --quick      # two 10-s videos
+    python benchmarks/decode.py --archive-gb 2   # + peak RSS streaming a 2-GB tar
+
+Both sides run in this process on the same files: the baseline is
+``ffmpeg -i f -f null -`` (every frame and the soundtrack decoded, nothing
+converted); ours is ``ingest.decode.decode_item`` with the default policy
+(2-s windows: two frames per window and the 16-kHz soundtrack). CPU time is
+this process plus its ffmpeg children (``RUSAGE_CHILDREN``), so it counts the
+work on every core. Two encodings bracket what archives hold: keyframes every
+2 s (phones, streaming) and x264's default (every 250 frames, ~8 s).
+
+``--archive-gb N`` writes an uncompressed tar of N GB (distinct members: each
+video gets a unique trailer of random bytes, which players ignore), streams it
+through ``ingest.sources.iter_source`` + ``decode_item`` and samples RSS: it
+should stay flat while gigabytes flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ingest.decode import decode_item  # noqa: E402
+from ingest.probe import probe  # noqa: E402
+from schemas import Kind, MediaItem, Rejected, SegmentPolicy, Settings  # noqa: E402
+
+ENCODINGS = {"gop2s": ["-g", "60"], "x264default": []}
+
+
+def cpu_seconds() -> float:
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def make_video(out: Path, seconds: float, gop: list[str], size: str = "1280x720") -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc2=size={size}:rate=30:duration={seconds}", "-f", "lavfi", "-i",
+                    f"sine=f=440:d={seconds}", "-c:v", "libx264", "-preset", "veryfast", *gop,
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(out)], check=True)
+    return out
+
+
+def full_decode_cpu(path: Path) -> float:
+    before = cpu_seconds()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+                   check=True)
+    return cpu_seconds() - before
+
+
+def ours_cpu(path: Path, settings: Settings) -> tuple[float, int]:
+    item = MediaItem(path.name, str(path.parent), path.name, path.stat().st_size, Kind.VIDEO)
+    before, segments = cpu_seconds(), 0
+    for out in decode_item(item, path, SegmentPolicy(), settings):
+        if isinstance(out, Rejected):
+            raise SystemExit(f"decode rejected {path.name}: {out.reason}")
+        segments += 1
+    return cpu_seconds() - before, segments
+
+
+def compare(root: Path, seconds: float, settings: Settings) -> None:
+    print(f"{'file':<14}{'media s':>8}{'segments':>9}{'full CPU s':>11}{'ours CPU s':>11}"
+          f"{'media s/CPU s (ours)':>22}{'ratio':>7}")
+    for name, gop in ENCODINGS.items():
+        path = make_video(root / f"{name}.mp4", seconds, gop)
+        duration = probe(path).duration_s or seconds
+        baseline = full_decode_cpu(path)
+        ours, segments = ours_cpu(path, settings)
+        print(f"{name:<14}{duration:>8.1f}{segments:>9}{baseline:>11.2f}{ours:>11.2f}"
+              f"{duration / ours:>22.1f}{baseline / ours:>6.1f}x")
+    print("ratio = full-decode CPU / ours (higher is better; > 1: we decode less)")
+
+
+def archive_memory(root: Path, gigabytes: float, settings: Settings) -> None:
+    try:
+        from ingest.sources import iter_source
+    except ImportError as e:
+        print(f"--archive-gb skipped: ingest.sources is not importable yet ({e})")
+        return
+    import psutil
+
+    base = make_video(root / "base.mp4", 10, ENCODINGS["gop2s"], size="640x360")
+    tar_path = build_tar(root / "archive.tar", base, gigabytes)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        proc = psutil.Process()
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+
+    start_rss = psutil.Process().memory_info().rss
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    segments, started = 0, time.monotonic()
+    for entry in iter_source(tar_path, settings):
+        if isinstance(entry, Rejected):
+            continue
+        with entry:
+            segments += sum(1 for out in decode_item(entry.item, entry.path, SegmentPolicy(),
+                                                     settings) if not isinstance(out, Rejected))
+    stop.set()
+    sampler.join()
+    size = tar_path.stat().st_size / 1e9
+    print(f"archive {size:.2f} GB, {segments} segments in {time.monotonic() - started:.0f} s; "
+          f"RSS at start {start_rss / 1e6:.0f} MB, peak {peak[0] / 1e6:.0f} MB "
+          f"(peak/archive = {peak[0] / tar_path.stat().st_size:.3f})")
+
+
+def build_tar(out: Path, video: Path, gigabytes: float, trailer_mb: int = 64) -> Path:
+    """Members = the video + a unique random trailer, until the tar reaches the size."""
+    member = out.with_name("member.mp4")
+    with tarfile.open(out, "w") as tar:
+        for i in range(max(1, int(gigabytes * 1e9 / (trailer_mb << 20)))):
+            with open(member, "wb") as f:
+                f.write(video.read_bytes())
+                f.write(os.urandom(trailer_mb << 20))
+            tar.add(member, arcname=f"videos/{i:05d}.mp4")
+    member.unlink()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10-s videos instead of 30-s")
+    parser.add_argument("--seconds", type=float, default=None, help="length of each video")
+    parser.add_argument("--archive-gb", type=float, default=0, help="also stream an N-GB tar")
+    args = parser.parse_args()
+    seconds = args.seconds or (10 if args.quick else 30)
+    with tempfile.TemporaryDirectory(prefix="mediabind-bench-") as tmp:
+        settings = Settings(home=Path(tmp) / "home")
+        compare(Path(tmp), seconds, settings)
+        if args.archive_gb:
+            archive_memory(Path(tmp), args.archive_gb, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Video → vision clips (first and last frame of every window) plus the soundtrack's
+audio windows.
+
+Only the frames the windows need are decoded, never the whole stream:
+
+* Targets. For a window ``[s, e)`` ImageBind takes the first and the last frame
+  (``UniformTemporalSubsample(2)``). We take the frames shown at ``s`` and at
+  ``e`` (the first frame at or after each time): the last is one frame later
+  than the reference's, and is shared with the next window, which halves the
+  seeks and puts them where keyframes usually are (see ``frame_targets``).
+* Runs. Targets are grouped into runs; each run is one ffmpeg call that seeks
+  (``-ss`` before ``-i``, landing on the keyframe at or before its first target;
+  see ``extract_frames``), reads only up to its last
+  target (``-t`` on the input), and lets a ``select`` filter pass only the target
+  frames to ``scale`` and the RGB pipe, so skipped frames are decoded but never
+  converted or copied. A new run (a new seek) starts when a keyframe lies between
+  two targets and they are more than ``MIN_SEEK_GAP_S`` apart: seeking is then
+  cheaper than decoding through. Keyframe times come from the packet index
+  (``ffprobe -show_entries packet``, demux only, no decode). With long GOPs and
+  dense windows this degrades gracefully to one sequential pass, never worse
+  than a full decode; with short GOPs most frames are never decoded.
+* Targets that sit on a keyframe (fixed-GOP encodes put one on every window
+  boundary) are read in one sequential pass with ``-skip_frame nokey``: only
+  keyframes are decoded at all, and no process or seek per target.
+* ``showinfo`` after ``select`` reports each passed frame's time and size, so
+  frames are matched to targets by time and reshaped by the size ffmpeg
+  actually produced.
+* Scale on decode: the short side goes to 224 (bilinear, aspect kept, long side
+  ``floor(long*224/short)`` as pytorchvideo's ``ShortSideScale``), and smaller
+  videos are left alone. The model needs 224, so 4K frames never cross the pipe.
+  The reference scales with torch bilinear without antialias; swscale's
+  bilinear filter averages over the downscale footprint, so values differ
+  slightly (resize differences only; sizes match, so preprocessing's own
+  short-side resize is then the identity).
+* Rotation: ffmpeg autorotates (display matrix / ``rotate`` tag); sizes are
+  computed from the displayed width/height.
+* A target past the last decodable frame (container durations often run past
+  the video, e.g. a longer soundtrack) takes the last decodable frame; but frames
+  missing more than ``TRUNCATION_SLACK_S`` before the end the video stream itself
+  claims mean truncated data: the item is Rejected (after the windows made).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ingest.decode.audio import decode_probed_audio
+from ingest.decode.base import DecodeError, DecodeJob
+from ingest.decode.frames import Frame, Run, extract_batch, frame_times_from_end
+from ingest.ffmpeg_run import FFmpegError, run_capture
+from ingest.probe import MediaInfo, VideoStreamInfo, probe
+from ingest.segment import windows
+from schemas import Modality, Segment
+
+TARGET_SHORT_SIDE = 224
+MIN_SEEK_GAP_S = 1.0  # below this, decoding through is cheaper than a new process + seek
+MAX_TARGETS_PER_RUN = 96  # bounds the select expression's length
+MAX_RUNS_PER_BATCH = 32  # inputs (seeks) per ffmpeg process
+MAX_TARGETS_PER_BATCH = 96  # frames held in memory per process (~26 MB at 224x398)
+DEFAULT_FPS = 30.0  # when the container does not state a frame rate
+TAIL_SPANS_S = (3.0, 30.0, 300.0)  # how far back from the end to look for the last frame
+TRUNCATION_SLACK_S = 1.0  # frames missing further inside the stream than this: truncated
+
+
+
+def decode_video(job: DecodeJob) -> Iterator[Segment]:
+    """Vision clips for every window, then the soundtrack's audio windows."""
+    info = probe_or_fail(job)
+    if info.video is None:  # e.g. an .mp4 holding only sound: treat it as audio
+        yield from decode_probed_audio(job, info)
+        return
+    spans = windows_or_fail(job, info)
+    yield from vision_segments(job, info.video, spans)
+    if info.audio is not None:
+        yield from decode_probed_audio(job, info, spans)
+
+
+def probe_or_fail(job: DecodeJob) -> MediaInfo:
+    """Probe the file; a ProbeError propagates (decode_item rejects at stage probe)."""
+    return probe(job.path, timeout_s=job.settings.ffmpeg_timeout_s)
+
+
+def windows_or_fail(job: DecodeJob, info: MediaInfo) -> list[tuple[float, float]]:
+    try:
+        return windows(info.duration_s, job.policy)
+    except ValueError as e:
+        raise DecodeError(f"{e} (ffprobe reports no usable duration)") from None
+
+
+def vision_segments(job: DecodeJob, video: VideoStreamInfo,
+                    spans: list[tuple[float, float]]) -> Iterator[Segment]:
+    """One uint8 [2,H,W,3] clip per window, made run by run as the windows advance."""
+    fps = video.fps or DEFAULT_FPS
+    pairs = frame_targets(spans, fps)
+    source = FrameSource(job, scaled_size(video.width, video.height), fps,
+                         sorted({t for pair in pairs for t in pair}), video.duration_s)
+    for index, ((s, e), (first_t, last_t)) in enumerate(zip(spans, pairs, strict=True)):
+        first, last = source.at(first_t), source.at(last_t)
+        if last.time_s > e + 1.5 / fps and first.time_s < e:
+            last = first  # no frame at e (VFR gap): the one shown at e is the earlier one
+        clip = np.stack([first.pixels, last.pixels])
+        yield job.segment(Modality.VISION, index, s, e, clip,
+                          width=video.width, height=video.height)
+        source.forget_before(first_t)
+
+
+def frame_targets(spans: list[tuple[float, float]], fps: float) -> list[tuple[float, float]]:
+    """(first, last) frame times per window, lowered by a quarter frame against rounding.
+
+    A window's last frame is the one shown at its end, which is also the next
+    window's first frame: N windows need N+1 frames, and the boundaries (multiples
+    of the stride) are where encoders usually put keyframes, so a seek there
+    decodes one frame instead of a whole GOP. The reference takes the frame
+    1/fps earlier; only the final window (whose end is the end of the stream)
+    does that here.
+    """
+    eps = 0.25 / fps
+    ends = [e for _, e in spans[:-1]] + [max(spans[-1][0], spans[-1][1] - 1.0 / fps)]
+    return [(max(s - eps, 0.0), max(e - eps, 0.0)) for (s, _), e in zip(spans, ends, strict=True)]
+
+
+def scaled_size(width: int, height: int, short: int = TARGET_SHORT_SIDE) -> tuple[int, int]:
+    """(w, h) with the short side at ``short`` (never upscaled), like ShortSideScale."""
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"video stream has no usable size ({width}x{height})")
+    if min(width, height) <= short:
+        return width, height
+    if width <= height:
+        return short, int(math.floor(height / width * short))
+    return int(math.floor(width / height * short)), short
+
+
+class FrameSource:
+    """Frames at target times, extracted lazily batch by batch in time order."""
+
+    def __init__(self, job: DecodeJob, size: tuple[int, int], fps: float,
+                 targets: list[float], stream_end_s: float | None = None) -> None:
+        self.job, self.size, self.fps = job, size, fps
+        self.stream_end_s = stream_end_s  # what the video stream claims, if anything
+        self.slack = 0.5 / fps  # seek this far past a target: onto its frame, short of the next
+        self.keyframes = keyframe_times(job)
+        on_key = [t for t in targets if _on_keyframe(t, self.keyframes, 2 * self.slack)]
+        rest = sorted(set(targets) - set(on_key))
+        self.batches = sorted(
+            [(b, True) for b in batched([[t] for t in on_key], MAX_TARGETS_PER_BATCH)]
+            + [(b, False) for b in batched(plan_runs(rest, self.keyframes, self.slack))],
+            key=lambda batch: batch[0][0][0])
+        self.next_batch = 0
+        self.frames: dict[float, Frame] = {}
+        self._tail: Frame | None = None
+
+    def at(self, target: float) -> Frame:
+        while target not in self.frames and self.next_batch < len(self.batches):
+            self._extract(self.batches[self.next_batch])
+            self.next_batch += 1
+        if target not in self.frames:
+            raise DecodeError(f"internal: no run planned for t={target:.3f}s")
+        return self.frames[target]
+
+    def forget_before(self, target: float) -> None:
+        for t in [t for t in self.frames if t < target]:
+            del self.frames[t]
+
+    def _extract(self, batch: tuple[list[list[float]], bool]) -> None:
+        groups, keyframes_only = batch
+        if keyframes_only:  # one sequential keyframes-only pass: no seek per target
+            groups = [[t for g in groups for t in g]]
+        runs = [self._run(targets, keyframes_only) for targets in groups]
+        got = extract_batch(self.job.path, runs, self.size, self._timeout,
+                            max_frames=sum(len(t) for t in groups))
+        for targets, frames in zip(groups, got, strict=True):
+            for target in targets:
+                found = next((f for f in frames if f.time_s >= target - 1e-5), None)
+                self.frames[target] = found or self._after_gap(target)
+
+    def _run(self, targets: list[float], keyframes_only: bool = False) -> Run:
+        seek = targets[0] + self.slack
+        return Run(seek, self._read_span(seek, targets[-1]), tuple(t - seek for t in targets),
+                   keyframes_only)
+
+    def _read_span(self, seek: float, last_target: float) -> float | None:
+        """Input ``-t`` for a run: ffmpeg counts it from the keyframe decoding starts at."""
+        i = np.searchsorted(self.keyframes, seek, side="right")
+        if i == 0:
+            return None  # no index: -frames:v alone ends the run
+        return last_target - self.keyframes[i - 1] + max(3.0 / self.fps, 0.1)
+
+    def _after_gap(self, target: float) -> Frame:
+        """The first frame at/after ``target`` beyond the run's reach, else the last one."""
+        seek = target + self.slack
+        got = extract_batch(self.job.path, [Run(seek, None, (target - seek,))], self.size,
+                            self._timeout, max_frames=1)[0]
+        if got:
+            return got[0]
+        if self.stream_end_s and target < self.stream_end_s - TRUNCATION_SLACK_S:
+            raise DecodeError(f"no decodable frame at or after {target:.2f} s although the "
+                              f"video stream claims {self.stream_end_s:.2f} s: truncated or "
+                              "corrupt video data")
+        return self.tail()
+
+    def tail(self) -> Frame:
+        """The last decodable frame, looking back from the end further until one appears."""
+        if self._tail is None:
+            self._tail = last_frame(self.job.path, self.size, self._timeout)
+        return self._tail
+
+    @property
+    def _timeout(self) -> float:
+        return self.job.settings.ffmpeg_timeout_s
+
+
+def last_frame(path: Path, size: tuple[int, int], timeout_s: float) -> Frame:
+    for span in TAIL_SPANS_S:
+        times = frame_times_from_end(path, span, timeout_s)
+        if times:
+            run = Run(-span, None, (times[-1] - 1e-4,))
+            frames = extract_batch(path, [run], size, timeout_s)[0]
+            if frames:
+                return frames[-1]
+    raise DecodeError("no decodable video frame found")
+
+
+def _on_keyframe(target: float, keyframes: list[float], within: float) -> bool:
+    i = np.searchsorted(keyframes, target, side="left")
+    return i < len(keyframes) and keyframes[i] - target <= within
+
+
+def batched(runs: list[list[float]], max_runs: int = MAX_RUNS_PER_BATCH
+            ) -> list[list[list[float]]]:
+    """Consecutive runs grouped into batches (one ffmpeg process each)."""
+    batches: list[list[list[float]]] = []
+    for run in runs:
+        last = batches[-1] if batches else None
+        if last and len(last) < max_runs and \
+                sum(map(len, last)) + len(run) <= MAX_TARGETS_PER_BATCH:
+            last.append(run)
+        else:
+            batches.append([run])
+    return batches
+
+
+def plan_runs(targets: list[float], keyframes: list[float], slack: float) -> list[list[float]]:
+    """Group sorted target times into runs; a keyframe in a wide gap starts a new run.
+
+    A run seeks to ``first target + slack``; decoding starts at the keyframe at or
+    before that point, so a keyframe within ``slack`` after a target counts.
+    """
+    runs: list[list[float]] = []
+    for t in targets:
+        run = runs[-1] if runs else None
+        if run and len(run) < MAX_TARGETS_PER_RUN and not _worth_seeking(run[-1], t + slack,
+                                                                          keyframes):
+            run.append(t)
+        else:
+            runs.append([t])
+    return runs
+
+
+def _worth_seeking(previous: float, target: float, keyframes: list[float]) -> bool:
+    if target - previous <= MIN_SEEK_GAP_S:
+        return False
+    i = np.searchsorted(keyframes, target, side="right")  # keyframes sorted ascending
+    return i > 0 and keyframes[i - 1] > previous
+
+
+def keyframe_times(job: DecodeJob) -> list[float]:
+    """Sorted keyframe times of the first video stream from the packet index."""
+    args = ["ffprobe", "-v", "error", "-select_streams", "V:0", "-show_entries",
+            "packet=pts_time,dts_time,flags", "-of", "csv=p=0", str(job.path)]
+    try:
+        out, _ = run_capture(args, job.settings.ffmpeg_timeout_s)
+    except FFmpegError:
+        return []  # no index: plan_runs then groups by gaps alone (still correct)
+    times = []
+    for line in out.decode("ascii", "replace").splitlines():
+        pts, dts, flags = (line.split(",") + ["", "", ""])[:3]
+        stamp = pts if _is_number(pts) else dts
+        if "K" in flags and _is_number(stamp):
+            times.append(float(stamp))
+    return sorted(times)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False

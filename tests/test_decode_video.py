@@ -1,0 +1,147 @@
+"""Video decode: shapes, timing of the frames per window, soundtrack, odd and broken files."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from media import dominant_hz, media_item, second_of
+
+from ingest.decode import decode_item
+from ingest.decode.video import frame_targets, plan_runs, scaled_size
+from ingest.probe import probe
+from ingest.segment import windows
+from schemas import Kind, Modality, Rejected, Segment, SegmentPolicy, Stage
+
+
+def decode(media, name, settings, policy=None, kind=Kind.VIDEO):
+    path = media.get(name)
+    return list(decode_item(media_item(path, kind), path, policy or SegmentPolicy(), settings))
+
+
+def of(out, modality):
+    return [s for s in out if isinstance(s, Segment) and s.modality == modality]
+
+
+def test_clips_are_first_and_last_frame_of_each_window(media, decode_settings):
+    out = decode(media, "colour_mp4", decode_settings)
+    clips = of(out, Modality.VISION)
+    assert [(c.start_s, c.end_s) for c in clips] == [(0, 2), (2, 4), (4, 6)]
+    assert [c.index for c in clips] == [0, 1, 2]
+    for clip in clips:
+        assert clip.data.dtype == np.uint8 and clip.data.shape == (2, 48, 64, 3)
+        assert clip.kind == Kind.VIDEO and clip.extra == {"width": 64, "height": 48}
+        assert second_of(clip.data[0]) == clip.start_s  # the frame shown at the start
+    # the last frame is the one shown at the window's end (shared with the next window),
+    # and for the final window the last frame of the stream
+    assert [second_of(c.data[1]) for c in clips] == [2, 4, 6]  # 6 = the frame at 5.9 s
+
+
+def test_soundtrack_gives_audio_windows_for_the_same_spans(media, decode_settings):
+    out = decode(media, "colour_mp4", decode_settings)
+    sound = of(out, Modality.AUDIO)
+    assert [(a.start_s, a.end_s, a.index) for a in sound] == [(0, 2, 0), (2, 4, 1), (4, 6, 2)]
+    for a in sound:
+        assert a.data.dtype == np.float32 and a.data.shape == (32000,)
+        assert a.kind == Kind.VIDEO
+        assert abs(dominant_hz(a.data) - 440) < 5
+    assert not any(isinstance(o, Rejected) for o in out)
+
+
+@pytest.mark.parametrize("name", ["colour_webm", "colour_avi", "colour_mkv", "long_gop_mp4"])
+def test_containers_and_codecs(media, decode_settings, name):
+    clips = of(decode(media, name, decode_settings), Modality.VISION)
+    spans = windows(probe(media.get(name)).duration_s, SegmentPolicy())
+    assert [(c.start_s, c.end_s) for c in clips] == spans
+    for clip in clips:
+        assert clip.data.shape == (2, 48, 64, 3)
+        assert second_of(clip.data[0]) == round(clip.start_s)
+
+
+def test_no_audio_track_gives_vision_only(media, decode_settings):
+    out = decode(media, "no_audio_mp4", decode_settings)
+    assert len(of(out, Modality.VISION)) == 2 and not of(out, Modality.AUDIO)
+    assert not any(isinstance(o, Rejected) for o in out)
+
+
+def test_rotated_video_is_shown_upright_size(media, decode_settings):
+    clips = of(decode(media, "rotated_mp4", decode_settings), Modality.VISION)
+    assert clips[0].data.shape == (2, 64, 48, 3)
+    assert clips[0].extra == {"width": 48, "height": 64}
+
+
+def test_shorter_than_a_window(media, decode_settings):
+    out = decode(media, "short_mp4", decode_settings)
+    (clip,) = of(out, Modality.VISION)
+    assert clip.start_s == 0 and 0.4 < clip.end_s <= 0.6
+    assert second_of(clip.data[0]) == 0 and second_of(clip.data[1]) == 0
+    (sound,) = of(out, Modality.AUDIO)
+    assert 400 <= len(sound.data) <= 0.6 * 16000
+
+
+def test_variable_frame_rate(media, decode_settings):
+    # frames every 0.1 s up to 1 s, then every 0.5 s; duration 3.6 s: windows (0,2), (1.6,3.6)
+    clips = of(decode(media, "vfr_mkv", decode_settings), Modality.VISION)
+    assert [(c.start_s, c.end_s) for c in clips] == [(0, 2), (1.6, 3.6)]
+    # the first frame at or after the window start (2.0 s here: none between 1.5 and 2.0)
+    assert [second_of(c.data[0]) for c in clips] == [0, 2]
+    assert second_of(clips[1].data[1]) == 4  # the last frame (3.5 s)
+
+
+def test_container_longer_than_the_video_takes_the_last_frame(media, decode_settings):
+    out = decode(media, "audio_outlasts_video_mp4", decode_settings)
+    clips = of(out, Modality.VISION)
+    assert len(clips) == 2 and len(of(out, Modality.AUDIO)) == 2
+    assert second_of(clips[1].data[0]) == 2 and second_of(clips[1].data[1]) == 2  # 1.9 s
+
+
+def test_video_kind_without_video_stream_is_treated_as_audio(media, decode_settings):
+    out = decode(media, "tone_in_mp4", decode_settings)
+    assert not of(out, Modality.VISION)
+    assert len(of(out, Modality.AUDIO)) == 2
+
+
+@pytest.mark.parametrize(("name", "stage", "words"), [
+    ("random_mp4", Stage.PROBE, "Invalid data"),
+    ("truncated_mp4", Stage.PROBE, "moov atom not found"),
+    ("zero_streams", Stage.DECODE, "no audio stream"),
+    ("truncated_faststart_mp4", Stage.DECODE, "video decode failed"),
+])
+def test_broken_files_are_rejected_with_a_reason(media, decode_settings, name, stage, words):
+    out = decode(media, name, decode_settings)
+    assert isinstance(out[-1], Rejected), out
+    assert out[-1].stage == stage and words in out[-1].reason
+    assert out[-1].item_id == media.get(name).name
+
+
+@pytest.mark.slow  # ~5 s: 1801 frames in ~20 ffmpeg processes
+def test_hour_long_file_is_covered_end_to_end(media, decode_settings):
+    started = time.monotonic()
+    clips = of(decode(media, "hour_mp4", decode_settings), Modality.VISION)
+    assert len(clips) == 1800
+    assert clips[-1].end_s == pytest.approx(3600, abs=1)
+    assert [c.index for c in clips] == list(range(1800))
+    # decoding 2 frames per window is the point; keep the test honest about its cost
+    if time.monotonic() - started > 60:
+        pytest.fail("an hour of 64x48 video took over a minute to segment")
+
+
+def test_scaled_size_matches_short_side_scale():
+    assert scaled_size(1280, 720) == (398, 224)
+    assert scaled_size(720, 1280) == (224, 398)
+    assert scaled_size(200, 100) == (200, 100)  # never upscaled
+
+
+def test_frame_targets_share_window_boundaries():
+    pairs = frame_targets([(0, 2), (2, 4), (4, 5)], fps=10)
+    assert pairs[0][1] == pairs[1][0]  # the end frame of one window is the next one's start
+    assert pairs[2][1] == pytest.approx(4.9 - 0.025)  # final window: last frame of the stream
+
+
+def test_plan_runs_seeks_only_across_keyframes():
+    targets = [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert plan_runs(targets, keyframes=[0.0], slack=0.01) == [targets]
+    assert plan_runs(targets, keyframes=[0.0, 2.0, 4.0, 6.0, 8.0], slack=0.01) == [
+        [0.0], [2.0], [4.0], [6.0], [8.0]]
+    assert plan_runs([0.0, 0.5], keyframes=[0.0, 0.5], slack=0.01) == [[0.0, 0.5]]
