@@ -67,18 +67,18 @@ def test_thermal_8_and_16_bit(tmp_path, decode_settings):
 
 
 def test_imu_csv_with_timestamps_is_windowed_and_resampled(tmp_path, decode_settings):
-    t = np.arange(0, 5, 0.01)  # 100 Hz for 5 s
+    t = np.arange(0, 12, 0.01)  # 100 Hz for 12 s: 5-s IMU windows (ImageBind's clip)
     frame = pd.DataFrame({"t": t, "AX": np.sin(t), "ay": t, "az": 1.0, "gx": 0.0, "gy": -t,
                           "gz": 2.0})
     path = tmp_path / "imu.csv"
     frame.to_csv(path, index=False)
     out = decode(path, Kind.IMU, decode_settings)
-    assert [(s.start_s, s.end_s) for s in out] == [(0, 2), (2, 4), (2.99, 4.99)]
+    assert [(s.start_s, s.end_s) for s in out] == [(0, 5), (5, 10), (6.99, 11.99)]
     for seg in out:
         assert seg.data.shape == (6, IMU_SAMPLES) and seg.data.dtype == np.float32
         assert seg.modality == Modality.IMU
     ay = out[1].data[1]
-    assert ay[0] == pytest.approx(2.0) and ay[-1] == pytest.approx(4.0 - 2 / IMU_SAMPLES)
+    assert ay[0] == pytest.approx(5.0) and ay[-1] == pytest.approx(10.0 - 5 / IMU_SAMPLES)
     assert np.all(np.diff(ay) > 0)
 
 
@@ -89,14 +89,14 @@ def test_imu_npy_both_layouts_and_short_recording(tmp_path, decode_settings):
         np.save(tmp_path / name, array)
         (seg,) = decode(tmp_path / name, Kind.IMU, decode_settings)
         assert seg.data.shape == (6, IMU_SAMPLES)
-        half = IMU_SAMPLES // 2  # ~1 s of 2: the rest is zero padding
-        assert np.allclose(seg.data[:, :half - 2], np.arange(6)[:, None])
-        assert np.all(seg.data[:, half + 1:] == 0)
+        fifth = IMU_SAMPLES // 5  # ~1 s of a 5-s window: the rest is zero padding
+        assert np.allclose(seg.data[:, :fifth - 2], np.arange(6)[:, None])
+        assert np.all(seg.data[:, fifth + 1:] == 0)
 
 
 def test_imu_parquet(tmp_path, decode_settings):
     path = tmp_path / "imu.parquet"
-    pd.DataFrame(np.ones((1000, 6)), columns=["ax", "ay", "az", "gx", "gy", "gz"]).to_parquet(path)
+    pd.DataFrame(np.ones((4000, 6)), columns=["ax", "ay", "az", "gx", "gy", "gz"]).to_parquet(path)
     out = decode(path, Kind.IMU, decode_settings)
     assert len(out) == 2 and all(np.allclose(s.data, 1) for s in out)
 

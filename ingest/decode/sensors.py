@@ -17,7 +17,8 @@ Thermal → float32 [H,W] in [0,1]:
   * 16-bit and float (radiometric counts, temperatures) have no fixed range:
     min-max stretched per image, like a camera's automatic gain; the model was
     trained on 8-bit AGC images (LLVIP). A constant image gives zeros.
-IMU → float32 [6,2000] per window of ``policy.segment_s``:
+IMU → float32 [6,2000] per 5-s window (``IMU_WINDOW_S``, ImageBind's IMU clip; the
+policy's overlap ratio applies):
   * Channels: accelerometer x,y,z then gyroscope x,y,z (Ego4D order).
   * ``.csv``/``.parquet``: columns ``ax,ay,az,gx,gy,gz`` (any case), plus an
     optional ``t`` column of timestamps in seconds. ``.npy``: an array [N,6] or
@@ -27,13 +28,12 @@ IMU → float32 [6,2000] per window of ``policy.segment_s``:
   * Each window is linearly resampled to 2000 points; a recording shorter than
     one window is sampled at the same rate and zero-padded at the end. Rows with
     a non-finite value are dropped; timestamps are sorted and deduplicated.
-  * Note: the model was trained on 5-s clips; with the default 2-s windows the
-    motion is resampled 2.5x denser than in training.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +41,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ingest.decode.base import DecodeError, DecodeJob
 from ingest.segment import windows
-from schemas import Modality, Segment
+from schemas import Modality, Segment, SegmentPolicy
 
 MIN_DEPTH_M, MAX_DEPTH_M = 0.01, 50.0
 IMU_SAMPLES = 2000
 IMU_COLUMNS = ("ax", "ay", "az", "gx", "gy", "gz")
 DEFAULT_IMU_RATE_HZ = 400.0
+IMU_WINDOW_S = 5.0  # ImageBind's IMU clip: 2000 samples over 5 s (paper, Ego4D)
 
 
 # --- depth -------------------------------------------------------------------------
@@ -143,9 +144,21 @@ THERMAL_READERS: dict[str, Callable[[Path], np.ndarray]] = {
 def decode_imu(job: DecodeJob) -> Iterator[Segment]:
     times, samples = _read_by_suffix(IMU_READERS, job.path, "IMU")
     times, samples = clean_imu(times, samples)
-    for index, (s, e) in enumerate(windows(float(times[-1] - times[0]), job.policy)):
-        window = resample_window(times - times[0], samples, s, e, job.policy.segment_s)
+    policy = imu_policy(job.policy)
+    for index, (s, e) in enumerate(windows(float(times[-1] - times[0]), policy)):
+        window = resample_window(times - times[0], samples, s, e, policy.segment_s)
         yield job.segment(Modality.IMU, index, s, e, window)
+
+
+def imu_policy(policy: SegmentPolicy) -> SegmentPolicy:
+    """IMU windows last ImageBind's IMU clip (5 s for 2000 samples), not the 2-s A/V unit.
+
+    The stride keeps the policy's overlap ratio, so a policy with 50% overlap
+    gives 50%-overlapping IMU windows too. The policy id (and so point ids)
+    stays the caller's: this is a fixed rule of the decoder, not a setting.
+    """
+    ratio = policy.stride_s / policy.segment_s
+    return replace(policy, segment_s=IMU_WINDOW_S, stride_s=IMU_WINDOW_S * ratio)
 
 
 def clean_imu(times: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
