@@ -85,6 +85,9 @@ class Settings(BaseSettings):
                                     description="Join this Ray cluster (env RAY_ADDRESS); else start a local one.")
     decode_workers: int = Field(2, ge=1, description="Decode threads (local) or CPU tasks in flight (ray).")
     encode_actors: int = Field(1, ge=1, description="Encoder actors in the Ray pool (one per GPU).")
+    encode_threads: int = Field(
+        0, ge=0, description="Batches preprocessed and encoded at once by the local executor "
+        "(preprocessing runs on the CPU; >1 overlaps it with the GPU). 0 = auto: 4 on CUDA, 1 on CPU.")
 
     @field_validator("video_crops")
     @classmethod

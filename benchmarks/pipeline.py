@@ -1,0 +1,258 @@
+"""Pipeline throughput against its bottleneck (decode alone), memory flatness, GPU use.
+
+    python benchmarks/pipeline.py --quick                   # CPU, tiny model, ~1-2 min
+    python benchmarks/pipeline.py --executor ray
+    python benchmarks/pipeline.py --preset imagebind_huge --random-weights \\
+        --device cuda --dtype bf16 --videos 48 --workers 12  # GPU run
+
+Everything is measured in the same run on the same generated archive (videos
+with a soundtrack, in an uncompressed tar):
+
+1. decode alone: ``iter_source`` + ``decode_events`` on ``--workers`` threads,
+   no model, no store: the pipeline's bottleneck on CPU-only machines;
+2. the whole pipeline (``run_ingest``: plan, decode, encode, store);
+   ratio = pipeline media-s/s over decode-alone media-s/s (1.0 = no overhead);
+3. memory: RSS sampled while the pipeline runs, against the volume of decoded
+   arrays that flowed through it (flat RSS while GBs flow = streaming works);
+4. with ``--device cuda``: GPU utilisation (nvidia-smi samples) and which stage
+   bounds the run (the busiest: decode threads or the encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from embed_workers.encoder import Encoder  # noqa: E402
+from embed_workers.executors import preset_model_id  # noqa: E402
+from embed_workers.executors.local import encode_threads  # noqa: E402
+from embed_workers.model.checkpoint import build_model  # noqa: E402
+from embed_workers.pipeline import count_tokens_fn, decode_events, run_ingest  # noqa: E402
+from ingest.sources import iter_source  # noqa: E402
+from schemas import Kind, Modality, Rejected, Segment, Settings  # noqa: E402
+from search.store import open_store  # noqa: E402
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+# --- the archive ----------------------------------------------------------------------------
+
+
+def make_archive(root: Path, videos: int, seconds: float, size: str) -> Path:
+    folder = root / "videos"
+    folder.mkdir(parents=True)
+    for i in range(videos):  # distinct content per video: distinct sha256, nothing skipped
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+             f"testsrc2=size={size}:rate=25:duration={seconds}", "-f", "lavfi", "-i",
+             f"sine=frequency={300 + 37 * i}:duration={seconds}", "-shortest",
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-pix_fmt", "yuv420p",
+             "-c:a", "aac", str(folder / f"v{i:03d}.mp4")], check=True, timeout=600)
+    archive = root / "archive.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, path.name)
+    shutil.rmtree(folder)
+    return archive
+
+
+# --- 1. decode alone ------------------------------------------------------------------------
+
+
+def decode_alone(archive: Path, settings: Settings) -> dict[str, float]:
+    count_tokens = count_tokens_fn()
+    started = time.perf_counter()
+    entries = [e for e in iter_source(str(archive), settings) if not isinstance(e, Rejected)]
+
+    def one(entry) -> tuple[float, int, int]:
+        media, segments, nbytes = 0.0, 0, 0
+        try:
+            for event in decode_events(entry.item, entry.path, settings.policy, settings,
+                                       count_tokens):
+                if isinstance(event, Segment):
+                    segments += 1
+                    nbytes += getattr(event.data, "nbytes", 0)
+                elif hasattr(event, "duration_s"):
+                    media = event.duration_s or 0.0
+        finally:
+            entry.release()
+        return media, segments, nbytes
+
+    with ThreadPoolExecutor(settings.decode_workers) as pool:
+        results = list(pool.map(one, entries))
+    wall = time.perf_counter() - started
+    media = sum(r[0] for r in results)
+    return {"wall_s": wall, "media_s": media, "media_s_per_s": media / wall,
+            "segments": sum(r[1] for r in results), "decoded_bytes": sum(r[2] for r in results)}
+
+
+# --- 2-4. the pipeline, sampled ------------------------------------------------------------
+
+
+class Sampler:
+    """RSS of this process (and its children), and GPU utilisation when asked, every 0.5 s."""
+
+    def __init__(self, gpu: bool) -> None:
+        self.rss: list[int] = []
+        self.gpu: list[float] = []
+        self._stop = threading.Event()
+        self._smi = (subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+             "-lms", "500"], stdout=subprocess.PIPE, text=True) if gpu else None)
+        self._threads = [threading.Thread(target=self._sample_rss, daemon=True)]
+        if self._smi is not None:
+            self._threads.append(threading.Thread(target=self._read_gpu, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def _sample_rss(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.5):
+            procs = [me, *me.children(recursive=True)]
+            self.rss.append(sum(_rss(p) for p in procs))
+
+    def _read_gpu(self) -> None:
+        for line in self._smi.stdout:
+            if line.strip().isdigit():
+                self.gpu.append(float(line.strip()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._smi is not None:
+            self._smi.terminate()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return process.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+class RandomWeightsEncoder(Encoder):
+    """A checkpoint preset (huge) with random weights: speed only, vectors mean nothing."""
+
+    def _model(self, modality: Modality):
+        cache = self.__dict__.setdefault("_random_models", {})
+        if modality not in cache:
+            cache[modality] = build_model(self.preset, [modality], device=self.device,
+                                          dtype=self.dtype, random_init=True)
+        return cache[modality]
+
+
+def warm_up(encoder: Encoder) -> float:
+    """Build the towers a video needs before timing (a fixed cost, reported apart)."""
+    started = time.perf_counter()
+    clip = np.zeros((2, 224, 224, 3), np.uint8)
+    sound = np.zeros(32000, np.float32)
+    encoder.encode_segments([Segment("warm", Modality.VISION, Kind.VIDEO, 0, 0.0, 2.0, clip),
+                             Segment("warm", Modality.AUDIO, Kind.VIDEO, 0, 0.0, 2.0, sound)])
+    return time.perf_counter() - started
+
+
+def run_pipeline(archive: Path, settings: Settings, args: argparse.Namespace) -> dict:
+    encoder_type = RandomWeightsEncoder if args.random_weights else Encoder
+    encoder = encoder_type(settings=settings)
+    if args.executor == "local":  # Ray actors build their own model; that stays in the timing
+        print(f"model build + first batch: {warm_up(encoder):.1f} s (not in the timings)")
+    sampler = Sampler(gpu=settings.device.startswith("cuda"))
+    with open_store(settings) as store:
+        store.ensure_collection(preset_model_id(settings.preset), settings.policy)
+        started = time.perf_counter()
+        try:
+            report = run_ingest(str(archive), store, settings=settings, executor=args.executor,
+                                encoder=encoder)
+        finally:
+            sampler.stop()
+        wall = time.perf_counter() - started
+    threads = encode_threads(settings.encode_threads, encoder) if args.executor == "local" else 1
+    return {"report": report, "wall_s": wall, "rss": sampler.rss, "gpu": sampler.gpu,
+            "encode_threads": threads}
+
+
+def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -> None:
+    report = pipe["report"]
+    media_rate = report.media_seconds / pipe["wall_s"]
+    print(f"\narchive: {report.items_completed} videos, {decode['media_s']:.0f} media s, "
+          f"{decode['segments']} segments, {decode['decoded_bytes'] / 1e9:.2f} GB decoded arrays")
+    print(f"decode alone ({settings.decode_workers} threads): {decode['media_s_per_s']:.2f} media s/s "
+          f"({decode['wall_s']:.1f} s)")
+    print(f"pipeline ({executor}, {settings.preset}, {settings.device}/{settings.dtype}): "
+          f"{media_rate:.2f} media s/s ({pipe['wall_s']:.1f} s), "
+          f"{report.points_written} points")
+    print(f"ratio pipeline / decode alone: {media_rate / decode['media_s_per_s']:.2f}")
+    stages = report.stage_seconds
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    decode_busy = stages["decode"] / (settings.decode_workers * pipe["wall_s"])
+    encode_busy = stages["encode"] / (pipe["encode_threads"] * pipe["wall_s"])
+    bound = "decode" if decode_busy >= encode_busy else "encode"
+    print(f"busy: decode threads {decode_busy:.0%}, encode threads ({pipe['encode_threads']}) "
+          f"{encode_busy:.0%} -> bound by {bound}")
+    rss = np.array(pipe["rss"] or [0]) / 2**20
+    quarter = max(len(rss) // 4, 1)
+    print(f"RSS: peak {rss.max():.0f} MiB; peak in first quarter {rss[:quarter].max():.0f} MiB, "
+          f"in last quarter {rss[-quarter:].max():.0f} MiB "
+          f"(vs {decode['decoded_bytes'] / 2**20:.0f} MiB of arrays streamed through)")
+    if pipe["gpu"]:
+        gpu = np.array(pipe["gpu"])
+        print(f"GPU utilisation: mean {gpu.mean():.0f}%, median {np.median(gpu):.0f}%, "
+              f"max {gpu.max():.0f}% over {len(gpu)} samples")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small archive (CI smoke)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--preset", default="imagebind_tiny")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights for a checkpoint preset (speed only)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--videos", type=int, help="videos in the archive (default 6, quick 3)")
+    p.add_argument("--seconds", type=float, help="seconds per video (default 20, quick 8)")
+    p.add_argument("--size", default="640x360", help="video frame size")
+    p.add_argument("--workers", type=int, default=2, help="decode threads / tasks")
+    p.add_argument("--encode-threads", default="0",
+                   help="0 = auto (4 on CUDA, 1 on CPU); a list (1,4) runs the pipeline once per value")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    videos = args.videos or (3 if args.quick else 6)
+    seconds = args.seconds or (8.0 if args.quick else 20.0)
+    with tempfile.TemporaryDirectory(prefix="mb-bench-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        archive = make_archive(root, videos, seconds, args.size)
+        print(f"made {videos} x {seconds:g} s videos ({archive.stat().st_size / 1e6:.1f} MB tar) "
+              f"in {time.perf_counter() - started:.1f} s; cpu cores {os.cpu_count()}")
+        decode = None
+        for threads in (int(t) for t in args.encode_threads.split(",")):
+            settings = Settings(home=root / f"home{threads}", preset=args.preset,
+                                device=args.device, dtype=DTYPES[args.dtype],
+                                decode_workers=args.workers, store="edge", encode_actors=1,
+                                encode_threads=threads)
+            decode = decode or decode_alone(archive, settings)
+            pipe = run_pipeline(archive, settings, args)
+            print_results(decode, pipe, settings, args.executor)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The driver side of a run, shared by every executor.
+
+Events arrive in any order across items (Ray gives no order; local threads
+interleave): planning decisions, item starts, encoded segments, rejections
+and end-of-decode markers. The collector holds an item's segment records
+(vectors are small: 4 KB each) until its decode has ended and every segment
+it announced is encoded or rejected. A clean item is then written: segments
+first, file-level points after them — so a file-level point in the store
+means the item is complete, and a run cut off at any moment resumes cleanly.
+An item with any rejection writes nothing (the next run tries it again), so
+the store never holds half of a broken file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embed_workers.executors import RunContext
+from embed_workers.pipeline import ItemDecoded, ItemStarted, ModalityMean
+from embed_workers.report import ItemOutcome, Outcome
+from ingest.plan import Action, PlannedEntry
+from schemas import FILE_LEVEL_INDEX, EmbeddingRecord, MediaItem, Modality, Rejected, Segment, Stage
+
+VECTOR_DIM = 1024
+
+
+@dataclass
+class ItemState:
+    """An item between its start and its last point."""
+
+    item: MediaItem
+    release: Callable[[], None] | None = None
+    duration_s: float | None = None
+    expected: dict[str, int] | None = None  # set by ItemDecoded
+    settled: Counter[str] = field(default_factory=Counter)  # written or rejected, per modality
+    means: dict[str, ModalityMean] = field(default_factory=dict)
+    failed: bool = False
+    rejections: list[Rejected] = field(default_factory=list)
+    records: list[EmbeddingRecord] = field(default_factory=list)  # held until the item settles
+
+    def is_settled(self) -> bool:
+        return self.expected is not None and all(
+            self.settled[m] >= n for m, n in self.expected.items())
+
+
+class PointWriter:
+    """Buffers records and writes them in order, in batches (order = file-level last)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.sink, self.report = ctx.sink, ctx.report
+        self.batch = ctx.settings.upsert_batch
+        self._buffer: list[EmbeddingRecord] = []
+
+    def add(self, records: Sequence[EmbeddingRecord]) -> None:
+        self._buffer.extend(records)
+        if len(self._buffer) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        records, self._buffer = self._buffer, []
+        started = time.perf_counter()
+        self.sink.write(records)
+        self.report.add_stage_time("store", time.perf_counter() - started)
+        self.report.points_written += len(records)
+        for r in records:
+            if r.payload["segment_index"] != FILE_LEVEL_INDEX:
+                self.report.segments_written[r.payload["modality"]] += 1
+
+
+class Collector:
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx, self.report, self.builder = ctx, ctx.report, ctx.builder
+        self.writer = PointWriter(ctx)
+        self.items: dict[str, ItemState] = {}
+        self.duplicates: dict[str, list[str]] = defaultdict(list)
+        self._rejected_ids: set[str] = set()
+
+    # --- planning ---------------------------------------------------------------------------
+    def planned(self, p: PlannedEntry) -> None:
+        """Outcomes decided before decode (skips, duplicates, source rejections)."""
+        if p.action is Action.REJECT:
+            self._reject_unread(p.rejected)
+        elif p.action is Action.SKIP:
+            self._outcome(p.entry.item, Outcome.SKIPPED)
+        elif p.action is Action.DUPLICATE:
+            # Deferred: the first copy may still be in flight, with no points to update yet.
+            self.duplicates[p.entry.item.item_id].extend(p.entry.item.locations or
+                                                         [p.entry.item.source_uri])
+            self._outcome(p.entry.item, Outcome.DUPLICATE)
+        self.tick()
+
+    def begin(self, item: MediaItem, release: Callable[[], None] | None = None) -> None:
+        self.items[item.item_id] = ItemState(item, release)
+
+    # --- decode/encode events ---------------------------------------------------------------
+    def started(self, event: ItemStarted) -> None:
+        self.items[event.item_id].duration_s = event.duration_s
+
+    def encoded(self, segments: Sequence[Segment], vectors: np.ndarray) -> None:
+        touched: list[str] = []
+        for segment, vector in zip(segments, vectors, strict=True):
+            state = self.items[segment.item_id]
+            modality = Modality(segment.modality).value
+            state.means.setdefault(modality, ModalityMean(np.zeros(VECTOR_DIM, np.float32)))
+            state.means[modality].add(segment, vector)
+            state.settled[modality] += 1
+            state.records.append(self.builder.segment_record(state.item, segment, vector,
+                                                             state.duration_s))
+            touched.append(segment.item_id)
+        for item_id in dict.fromkeys(touched):
+            self._maybe_finish(item_id)
+
+    def rejected(self, rejected: Rejected, *, modality: str | None = None) -> None:
+        """A rejection during decode or encode; ``modality`` is set for a dropped segment."""
+        state = self.items.get(rejected.item_id)
+        if state is None:
+            self._reject_unread(rejected)
+            return
+        rejected = dataclasses.replace(rejected, uri=rejected.uri or state.item.source_uri)
+        state.rejections.append(rejected)
+        self.report.rejected.append(rejected)
+        # Any rejection fails the item: no file-level point, so the next run tries it again
+        # (decoders reject after the segments they managed; those are overwritten then).
+        state.failed = True
+        if modality is not None:
+            state.settled[modality] += 1
+        self._maybe_finish(rejected.item_id)
+
+    def decoded(self, event: ItemDecoded) -> None:
+        state = self.items[event.item_id]
+        state.expected = dict(event.counts)
+        state.failed = state.failed or event.failed
+        self.report.add_stage_time("decode", event.decode_s)
+        if state.release is not None:
+            state.release()
+        self._maybe_finish(event.item_id)
+
+    # --- completion ---------------------------------------------------------------------------
+    def _maybe_finish(self, item_id: str) -> None:
+        state = self.items[item_id]
+        if not state.is_settled():
+            return
+        del self.items[item_id]
+        if state.failed or not state.means:
+            self._finish_rejected(state)
+        else:
+            self._finish_ingested(state)
+        self.tick()
+
+    def _finish_ingested(self, state: ItemState) -> None:
+        # Segments first, file-level points last (in one ordered buffer): a file-level
+        # point in the store means every segment of the item is there too.
+        self.writer.add(state.records)
+        if self.ctx.settings.policy.file_level:
+            self.writer.add([self.builder.file_level_record(state.item, Modality(m), mean,
+                                                            state.duration_s)
+                             for m, mean in sorted(state.means.items())])
+        self.report.items_completed += 1
+        self.report.items_ingested.update(state.means.keys())
+        self.report.media_seconds += state.duration_s or 0.0
+        self._outcome(state.item, Outcome.INGESTED, state)
+
+    def _finish_rejected(self, state: ItemState) -> None:
+        if not state.rejections:
+            rejected = Rejected(state.item.item_id, state.item.source_uri, Stage.DECODE,
+                                "no segments decoded (empty or unreadable content)")
+            state.rejections.append(rejected)
+            self.report.rejected.append(rejected)
+        self._rejected_ids.add(state.item.item_id)
+        self._outcome(state.item, Outcome.REJECTED, state)
+
+    def _reject_unread(self, rejected: Rejected) -> None:
+        self.report.rejected.append(rejected)
+        self.report.add_outcome(ItemOutcome(rejected.item_id, rejected.uri, Outcome.REJECTED,
+                                            stage=str(rejected.stage), reason=rejected.reason))
+
+    def _outcome(self, item: MediaItem, outcome: Outcome, state: ItemState | None = None) -> None:
+        first = state.rejections[0] if state and state.rejections else None
+        self.report.add_outcome(ItemOutcome(
+            item.item_id, item.source_uri, outcome, item.kind.value,
+            sum(m.count for m in state.means.values()) if state else 0,
+            ",".join(sorted(state.means)) if state else "",
+            state.duration_s if state else None,
+            str(first.stage) if first else "", first.reason if first else ""))
+
+    # --- end of run ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.ctx.meter.tick(self.report)
+
+    def in_flight(self) -> int:
+        return len(self.items)
+
+    def close(self) -> None:
+        """Flush the last points, then record the duplicate locations (their items are stored now)."""
+        self.writer.flush()
+        for item_id, uris in self.duplicates.items():
+            if item_id not in self._rejected_ids:
+                self.ctx.sink.add_locations(item_id, list(dict.fromkeys(uris)))
+        self.ctx.meter.tick(self.report, final=True)
+
+    def abandon(self) -> None:
+        """Release spooled files of items that will not finish (the run is stopping)."""
+        for state in self.items.values():
+            if state.release is not None:
+                state.release()

@@ -1,0 +1,254 @@
+"""The run report (what a run did, per item and in total) and progress updates.
+
+A run ends with a ``RunReport``: counts, rejections with stage and reason,
+seconds per stage and throughput. ``write`` puts a JSON summary and a Parquet
+table of per-item outcomes under ``<runs_path>/<run_id>/``; ``to_markdown`` is
+what the Prefect artifact shows and ``summary`` what the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import Rejected
+
+
+class Outcome(StrEnum):
+    INGESTED = "ingested"
+    SKIPPED = "skipped"  # already complete in the store
+    DUPLICATE = "duplicate"  # same bytes as another item; location added
+    REJECTED = "rejected"
+
+
+STAGES = ("source", "decode", "encode", "store")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """One row of the per-item table."""
+
+    item_id: str
+    uri: str
+    outcome: Outcome
+    kind: str = ""
+    segments: int = 0
+    modalities: str = ""  # comma-separated, e.g. "audio,vision"
+    duration_s: float | None = None
+    stage: str = ""
+    reason: str = ""
+
+
+ITEM_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("uri", pa.string()), ("outcome", pa.string()),
+    ("kind", pa.string()), ("segments", pa.int64()), ("modalities", pa.string()),
+    ("duration_s", pa.float64()), ("stage", pa.string()), ("reason", pa.string()),
+])
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    source: str
+    executor: str
+    model_id: str
+    policy: str
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished: datetime | None = None
+    items_seen: int = 0
+    items_skipped: int = 0
+    items_duplicate: int = 0
+    items_ingested: Counter[str] = field(default_factory=Counter)  # per modality
+    items_completed: int = 0
+    segments_written: Counter[str] = field(default_factory=Counter)  # per modality
+    points_written: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    media_seconds: float = 0.0
+    error: str | None = None
+    outcomes: list[ItemOutcome] = field(default_factory=list)
+
+    # --- recording ------------------------------------------------------------
+    def add_outcome(self, outcome: ItemOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.items_seen += 1
+        if outcome.outcome is Outcome.SKIPPED:
+            self.items_skipped += 1
+        elif outcome.outcome is Outcome.DUPLICATE:
+            self.items_duplicate += 1
+
+    def add_stage_time(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def finish(self, error: BaseException | None = None) -> RunReport:
+        self.finished = datetime.now(UTC)
+        if error is not None:
+            self.error = f"{type(error).__name__}: {error}"
+        return self
+
+    # --- derived ------------------------------------------------------------------
+    @property
+    def wall_seconds(self) -> float:
+        end = self.finished or datetime.now(UTC)
+        return max((end - self.started).total_seconds(), 1e-9)
+
+    @property
+    def segments_total(self) -> int:
+        return sum(self.segments_written.values())
+
+    def throughput(self) -> dict[str, float]:
+        wall = self.wall_seconds
+        return {
+            "items_per_s": self.items_completed / wall,
+            "segments_per_s": self.segments_total / wall,
+            "media_s_per_s": self.media_seconds / wall,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "source": self.source, "executor": self.executor,
+            "model_id": self.model_id, "policy": self.policy,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat() if self.finished else None,
+            "wall_seconds": self.wall_seconds,
+            "items_seen": self.items_seen, "items_skipped": self.items_skipped,
+            "items_duplicate": self.items_duplicate, "items_completed": self.items_completed,
+            "items_ingested": dict(self.items_ingested),
+            "items_rejected": len(self.rejected_items()),
+            "segments_written": dict(self.segments_written),
+            "points_written": self.points_written,
+            "rejected": [_rejected_dict(r) for r in self.rejected],
+            "stage_seconds": dict(self.stage_seconds),
+            "media_seconds": self.media_seconds,
+            "throughput": self.throughput(),
+            "error": self.error,
+        }
+
+    def rejected_items(self) -> list[ItemOutcome]:
+        return [o for o in self.outcomes if o.outcome is Outcome.REJECTED]
+
+    # --- output ------------------------------------------------------------------
+    def write(self, runs_dir: str | Path) -> tuple[Path, Path]:
+        """Write ``report.json`` and ``items.parquet`` into ``runs_dir/<run_id>/``."""
+        folder = Path(runs_dir) / self.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        json_path, parquet_path = folder / "report.json", folder / "items.parquet"
+        json_path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        rows = [asdict(o) | {"outcome": o.outcome.value} for o in self.outcomes]
+        pq.write_table(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), parquet_path)
+        return json_path, parquet_path
+
+    def summary(self) -> str:
+        t = self.throughput()
+        lines = [
+            f"run {self.run_id} ({self.executor}, {self.model_id}, {self.policy})"
+            + (f"  FAILED: {self.error}" if self.error else ""),
+            f"  items: {self.items_seen} seen, {self.items_completed} ingested, "
+            f"{self.items_skipped} skipped (already stored), {self.items_duplicate} duplicate, "
+            f"{len(self.rejected_items())} rejected",
+            f"  points: {self.points_written} written; segments {_counts(self.segments_written)}",
+            f"  media: {self.media_seconds:.1f} s in {self.wall_seconds:.1f} s wall "
+            f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
+            "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items()),
+        ]
+        lines += [f"  rejected [{r.stage}] {r.uri}: {r.reason}" for r in self.rejected[:20]]
+        if len(self.rejected) > 20:
+            lines.append(f"  ... and {len(self.rejected) - 20} more (see items.parquet)")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        t = self.throughput()
+        rows = [
+            ("items seen", self.items_seen), ("items ingested", self.items_completed),
+            ("items skipped", self.items_skipped), ("duplicates", self.items_duplicate),
+            ("items rejected", len(self.rejected_items())), ("points written", self.points_written),
+            ("media seconds", f"{self.media_seconds:.1f}"), ("wall seconds", f"{self.wall_seconds:.1f}"),
+            ("media s per wall s", f"{t['media_s_per_s']:.2f}"),
+        ]
+        rows += [(f"{k} seconds", f"{v:.1f}") for k, v in self.stage_seconds.items()]
+        text = [f"# Ingest run `{self.run_id}`", "",
+                f"Source `{self.source}`, executor `{self.executor}`, model `{self.model_id}`, "
+                f"policy `{self.policy}`.", ""]
+        if self.error:
+            text += [f"**Failed:** {self.error}", ""]
+        text += ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+        if self.rejected:
+            text += ["", "## Rejected", "", "| stage | uri | reason |", "|---|---|---|"]
+            text += [f"| {r.stage} | `{r.uri}` | {_md_cell(r.reason)} |" for r in self.rejected[:100]]
+        return "\n".join(text) + "\n"
+
+
+def _rejected_dict(r: Rejected) -> dict[str, str]:
+    return {"item_id": r.item_id, "uri": r.uri, "stage": str(r.stage), "reason": r.reason}
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:300]
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot handed to the progress callback."""
+
+    items_done: int  # seen and settled: ingested, skipped, duplicate or rejected
+    items_total: int | None  # None: unknown (archives are streamed, not listed first)
+    segments_done: int
+    elapsed_s: float
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def segments_per_s(self) -> float:
+        return self.segments_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.items_total is None or self.items_per_s <= 0:
+            return None
+        return max(self.items_total - self.items_done, 0) / self.items_per_s
+
+    def line(self) -> str:
+        total = str(self.items_total) if self.items_total is not None else "?"
+        eta = f"ETA {self.eta_s:.0f} s" if self.eta_s is not None else "ETA unknown total"
+        return (f"{self.items_done}/{total} items, {self.segments_done} segments | "
+                f"{self.items_per_s:.1f} items/s, {self.segments_per_s:.1f} segments/s | {eta}")
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class ProgressMeter:
+    """Calls the callback at most every ``interval_s`` (and once more at the end)."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int | None,
+                 interval_s: float = 2.0) -> None:
+        self.callback, self.total, self.interval_s = callback, total, interval_s
+        self.started = time.monotonic()
+        self._last = float("-inf")
+
+    def tick(self, report: RunReport, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.callback is None or (not final and now - self._last < self.interval_s):
+            return
+        self._last = now
+        self.callback(Progress(report.items_seen, self.total, report.segments_total,
+                               now - self.started))

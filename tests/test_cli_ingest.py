@@ -1,0 +1,56 @@
+"""`mediabind ingest` through the real CLI entry point, on a small generated folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from media import ffmpeg
+
+from flows.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIABIND_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDIABIND_DEVICE", "cpu")
+    monkeypatch.setenv("MEDIABIND_STORE", "edge")
+    folder = tmp_path / "media"
+    folder.mkdir()
+    ffmpeg("-f", "lavfi", "-i", "color=c=blue:size=32x32", "-frames:v", "1",
+           str(folder / "blue.png"))
+    (folder / "note.txt").write_text("the sound of waves on a beach at night")
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    return folder
+
+
+def test_ingest_prints_report_json_and_exits_zero_despite_rejections(env, tmp_path, capsys) -> None:
+    code = main(["ingest", str(env), "--preset", "imagebind_tiny", "--run-id", "r1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    report = json.loads(out)
+    assert report["run_id"] == "r1" and report["items_completed"] == 2
+    assert [r["uri"].endswith("broken.wav") for r in report["rejected"]] == [True]
+    assert "items/s" in err  # the progress line
+    folder = tmp_path / "home" / "runs" / "r1"
+    assert report["report_dir"] == str(folder)
+    assert (folder / "report.json").is_file() and (folder / "items.parquet").is_file()
+
+    code = main(["ingest", str(env), "--preset", "imagebind_tiny"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "2 skipped" in out and "report: " in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ingest", "{tmp}/missing"], "source not found"),
+    (["ingest", "{tmp}", "--preset", "no_such_model"], "unknown model preset"),
+    (["ingest", "{tmp}", "--preset", "imagebind_tiny", "--manifest", "{tmp}/none.csv"],
+     "manifest not found"),
+])
+def test_user_errors_exit_non_zero_with_one_line(env, tmp_path, capsys, argv, message) -> None:
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "mediabind ingest: error:" in err and message in err

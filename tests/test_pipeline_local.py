@@ -1,0 +1,165 @@
+"""End to end with the local executor: generated archive → tiny model → embedded store."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from pipeline_helpers import (
+    CORRUPT,
+    DUPLICATE,
+    GOOD_FILES,
+    FailingSink,
+    all_points,
+    expected_segments,
+    make_archive,
+    open_ready_store,
+    settings_for,
+    sha256,
+    vectors,
+)
+
+from embed_workers.pipeline import run_ingest
+from embed_workers.report import Progress
+from schemas import FILE_LEVEL_INDEX
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("archive")
+    return make_archive(tmp), tmp / "media"
+
+
+def _modality_counts(points: dict) -> Counter[str]:
+    return Counter(p["modality"] for p in points.values())
+
+
+def test_ingest_rerun_and_report(archive, tmp_path) -> None:
+    path, folder = archive
+    settings = settings_for(tmp_path / "home", encode_threads=3)  # batches encoded concurrently
+    expected = expected_segments(folder, settings)
+    seen: list[Progress] = []
+    with open_ready_store(settings) as store:
+        report = run_ingest(str(path), store, settings=settings, executor="local",
+                            progress=seen.append)
+        points = all_points(store)
+        # Every good file's segments, plus one file-level point per item and modality.
+        segments = Counter(p["modality"] for p in points.values()
+                           if p["segment_index"] != FILE_LEVEL_INDEX)
+        assert segments == expected == report.segments_written
+        file_level = [p for p in points.values() if p["segment_index"] == FILE_LEVEL_INDEX]
+        assert {p["item_id"] for p in file_level} == {sha256(folder / m) for m in GOOD_FILES}
+        assert _modality_counts(points) == expected + Counter(p["modality"] for p in file_level)
+        assert store.count() == len(points) == report.points_written
+        # The corrupt file is reported, and none of it is stored.
+        assert [r.uri.endswith(CORRUPT) for r in report.rejected] == [True]
+        assert sha256(folder / CORRUPT) not in {p["item_id"] for p in points.values()}
+        # The duplicate is one item that knows both paths.
+        red = [p for p in file_level if p["item_id"] == sha256(folder / DUPLICATE)]
+        assert sorted(u.split("!/")[1] for u in red[0]["source_uri"]) == [DUPLICATE,
+                                                                           "images/red.png"]
+        assert report.items_duplicate == 1 and report.items_completed == len(GOOD_FILES)
+        assert seen and seen[-1].items_done == report.items_seen
+
+        again = run_ingest(str(path), store, settings=settings, executor="local")
+        assert store.count() == len(points)
+        assert again.points_written == 0 and again.items_skipped == len(GOOD_FILES)
+    saved = json.loads((settings.runs_path / again.run_id / "report.json").read_text())
+    assert saved["items_skipped"] == len(GOOD_FILES)
+
+
+def test_file_level_point_is_the_renormalised_mean(archive, tmp_path) -> None:
+    path, folder = archive
+    settings = settings_for(tmp_path / "home")
+    with open_ready_store(settings) as store:
+        run_ingest(str(path), store, settings=settings, executor="local")
+        points = all_points(store)
+        video = sha256(folder / "clips/tone.mp4")
+        for modality in ("vision", "audio"):
+            ids = {pid: p["segment_index"] for pid, p in points.items()
+                   if p["item_id"] == video and p["modality"] == modality}
+            vecs = vectors(store, list(ids))
+            mean = np.mean([v for pid, v in vecs.items() if ids[pid] != FILE_LEVEL_INDEX], axis=0)
+            whole = next(v for pid, v in vecs.items() if ids[pid] == FILE_LEVEL_INDEX)
+            np.testing.assert_allclose(whole, mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_a_run_cut_off_midway_resumes_without_duplicates(archive, tmp_path) -> None:
+    path, folder = archive
+    settings = settings_for(tmp_path / "home", upsert_batch=4)
+    expected = expected_segments(folder, settings)
+    with open_ready_store(settings) as store:
+        with pytest.raises(ConnectionError):
+            run_ingest(str(path), FailingSink(store, allowed=2), settings=settings,
+                       executor="local", run_id="cut")
+        partial = store.count()
+        assert partial > 0
+        resumed = run_ingest(str(path), store, settings=settings, executor="local")
+        points = all_points(store)
+        segments = Counter(p["modality"] for p in points.values()
+                           if p["segment_index"] != FILE_LEVEL_INDEX)
+        assert segments == expected  # all there, each point once (ids are deterministic)
+        assert resumed.items_skipped + resumed.items_completed == len(GOOD_FILES)
+    failed = json.loads((settings.runs_path / "cut" / "report.json").read_text())
+    assert "injected" in failed["error"]
+
+
+def test_missing_source_is_a_user_error(tmp_path) -> None:
+    settings = settings_for(tmp_path / "home")
+    with open_ready_store(settings) as store, pytest.raises(FileNotFoundError):
+        run_ingest(str(tmp_path / "nope"), store, settings=settings, executor="local")
+
+
+KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from pipeline_helpers import open_ready_store, settings_for
+from embed_workers.pipeline import run_ingest
+from pathlib import Path
+
+class DiesAfter:
+    '''The real store; the process is SIGKILLed right after its second write.'''
+    def __init__(self, store):
+        self.store, self.writes = store, 0
+    def write(self, records):
+        self.store.write(records)
+        self.writes += 1
+        if self.writes == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def completed_items(self, ids):
+        return self.store.completed_items(ids)
+    def add_locations(self, item_id, uris):
+        self.store.add_locations(item_id, uris)
+
+settings = settings_for(Path(sys.argv[2]), upsert_batch=4)
+store = open_ready_store(settings)
+run_ingest(sys.argv[1], DiesAfter(store), settings=settings, executor="local")
+"""
+
+
+def test_a_process_killed_midway_resumes(archive, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, folder = archive
+    home = tmp_path / "home"
+    tests = str(Path(__file__).parent)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(path), str(home), tests],
+                            capture_output=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    settings = settings_for(home, upsert_batch=4)
+    with open_ready_store(settings) as store:
+        assert store.count() > 0
+        run_ingest(str(path), store, settings=settings, executor="local")
+        points = all_points(store)
+        segments = Counter(p["modality"] for p in points.values()
+                           if p["segment_index"] != FILE_LEVEL_INDEX)
+        assert segments == expected_segments(folder, settings)
+        file_level = {p["item_id"] for p in points.values() if p["segment_index"] == FILE_LEVEL_INDEX}
+        assert file_level == {sha256(folder / m) for m in GOOD_FILES}
