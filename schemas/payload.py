@@ -51,12 +51,16 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class SegmentPolicy:
-    """How long media is cut into windows; part of every point id and collection name."""
+    """How long media is cut into windows; part of every point id and collection name.
+
+    Every item also gets one file-level point per modality (index
+    ``FILE_LEVEL_INDEX``): it is always written, last, because its presence is
+    what marks the item complete for incremental and resumed runs.
+    """
 
     segment_s: float = 2.0
     stride_s: float = 2.0
     video_crops: int = 3
-    file_level: bool = True
 
     def __post_init__(self) -> None:
         if self.segment_s <= 0 or self.stride_s <= 0:

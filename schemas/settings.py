@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     segment_s: float = Field(2.0, gt=0, description="Window length for video/audio/IMU (ImageBind's unit: 2 s).")
     stride_s: float = Field(2.0, gt=0, description="Step between windows (< segment_s overlaps).")
     video_crops: int = Field(3, description="Spatial crops per video clip: 1 or 3 (reference: 3).")
-    file_level: bool = Field(True, description="Also store one file-level point per item and modality.")
     text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
 
     # --- safety limits on sources ----------------------------------------------
@@ -111,7 +110,7 @@ class Settings(BaseSettings):
 
     @property
     def policy(self) -> SegmentPolicy:
-        return SegmentPolicy(self.segment_s, self.stride_s, self.video_crops, self.file_level)
+        return SegmentPolicy(self.segment_s, self.stride_s, self.video_crops)
 
     @property
     def store_kind(self) -> Literal["edge", "local", "server"]:

@@ -159,10 +159,9 @@ class Collector:
         # Segments first, file-level points last (in one ordered buffer): a file-level
         # point in the store means every segment of the item is there too.
         self.writer.add(state.records)
-        if self.ctx.settings.policy.file_level:
-            self.writer.add([self.builder.file_level_record(state.item, Modality(m), mean,
-                                                            state.duration_s)
-                             for m, mean in sorted(state.means.items())])
+        self.writer.add([self.builder.file_level_record(state.item, Modality(m), mean,
+                                                        state.duration_s)
+                         for m, mean in sorted(state.means.items())])
         self.report.items_completed += 1
         self.report.items_ingested.update(state.means.keys())
         self.report.media_seconds += state.duration_s or 0.0
