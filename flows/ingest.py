@@ -1,0 +1,337 @@
+"""Prefect flows: ingest an archive, re-embed a collection (blue/green), prune deleted files.
+
+Orchestration only: the work is ``embed_workers.pipeline.run_ingest`` and
+``search.store``. Tasks pass references (sources, run ids, collection names,
+report paths, counts), never arrays, and there is one task per stage, never
+one per file or segment. The embedded store belongs to one process, so every
+task opens it in the flow's own process (tasks are called, not submitted)
+and closes it before the next task opens it again.
+
+A failed flow is rerun as is: the pipeline skips items the store holds
+completely and point ids are deterministic, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from flows.locks import normalise_source, source_key, source_lock, source_slot
+from schemas import Settings, collection_name
+
+# I/O stages retry with exponential backoff (2, 4, 8 s, jittered); user errors do not.
+IO_RETRIES = 3
+NOT_RETRIED = (FileNotFoundError, PermissionError, ValueError, KeyError, LookupError)
+Overrides = Mapping[str, Any]
+
+
+def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures only: a missing source stays missing."""
+    try:
+        state.result()
+    except NOT_RETRIED:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+IO_TASK = {"retries": IO_RETRIES, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+           "retry_jitter_factor": 0.5, "retry_condition_fn": _retry_io, "cache_policy": NO_CACHE}
+
+
+def settings_for(overrides: Overrides) -> Settings:
+    """Settings from the environment with this run's overrides (None values ignored)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def model_id_of(settings: Settings) -> str:
+    from embed_workers.model.presets import get_preset
+
+    return get_preset(settings.preset).model_id
+
+
+@contextmanager
+def opened_store(settings: Settings) -> Iterator[Any]:
+    from search.store import open_store
+
+    store = open_store(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- ingest ------------------------------------------------------------------------------
+
+
+@task(name="plan", **IO_TASK)
+def plan_stage(source: str, overrides: Overrides) -> dict[str, str]:
+    """Check the source, create the collection (and alias) if needed, pick a run id."""
+    from embed_workers.pipeline import new_run_id
+
+    check_source(source)
+    settings = settings_for(overrides)
+    with opened_store(settings) as store:
+        physical = store.ensure_collection(model_id_of(settings), settings.policy)
+    return {"run_id": new_run_id(), "collection": physical, "alias": settings.collection}
+
+
+def check_source(source: str) -> None:
+    """A local source must exist now (URLs are checked when read)."""
+    if "://" in source and not source.startswith("file://"):
+        return
+    if not Path(source.removeprefix("file://")).exists():
+        raise FileNotFoundError(f"source {source} does not exist")
+
+
+@task(name="run", **IO_TASK)
+def run_stage(source: str, overrides: Overrides, run_id: str,
+              manifest: str | None) -> dict[str, Any]:
+    """Decode, embed and store everything new; returns where the report went."""
+    from embed_workers.pipeline import run_ingest
+
+    settings = settings_for(overrides)
+    logger = get_run_logger()
+    with opened_store(settings) as store:
+        store.ensure_collection(model_id_of(settings), settings.policy)  # the write target
+        report = run_ingest(source, store, settings=settings, executor=settings.executor,
+                            run_id=run_id, manifest=manifest,
+                            progress=lambda p: logger.info(p.line()))
+    folder = settings.runs_path / run_id
+    (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    logger.info(report.summary())
+    return {"report": str(folder / "report.json"), "markdown": str(folder / "report.md")}
+
+
+@task(name="finalise", cache_policy=NO_CACHE)
+def finalise_stage(source: str, plan: Mapping[str, str], paths: Mapping[str, str]) -> dict[str, Any]:
+    """Publish the report as a Markdown artifact; return the run's summary counts."""
+    report = json.loads(Path(paths["report"]).read_text())
+    create_markdown_artifact(Path(paths["markdown"]).read_text(), key=f"ingest-{source_key(source)}",
+                             description=f"mediabind ingest of {source}")
+    return summarise(report, plan, paths["report"])
+
+
+def summarise(report: Mapping[str, Any], plan: Mapping[str, str], path: str) -> dict[str, Any]:
+    keys = ("source", "run_id", "model_id", "policy", "items_seen", "items_completed",
+            "items_skipped", "items_duplicate", "items_rejected", "points_written")
+    return {**{k: report[k] for k in keys}, "collection": plan["collection"],
+            "alias": plan["alias"], "report": path}
+
+
+def ingest_under_locks(source: str, overrides: Overrides, manifest: str | None) -> dict[str, Any]:
+    """plan → run → finalise while holding the source's slot and file lock."""
+    settings = settings_for(overrides)
+    with source_slot(source), source_lock(settings, source):
+        plan = plan_stage(source, overrides)
+        paths = run_stage(source, overrides, plan["run_id"], manifest)
+        return finalise_stage(source, plan, paths)
+
+
+@flow(name="ingest-archive", log_prints=True)
+def ingest_archive(source: str, collection: str | None = None, executor: str = "local",
+                   preset: str | None = None, manifest: str | None = None) -> dict[str, Any]:
+    """Ingest what is new in ``source`` (a folder, .tar/.tar.gz/.zip or fsspec URL).
+
+    ``collection``: the alias to write through (default MEDIABIND_COLLECTION);
+    ``preset``: the model (default MEDIABIND_PRESET); ``manifest``: a CSV/JSONL/
+    Parquet table of per-file metadata. Two runs of one source never overlap.
+    """
+    source = normalise_source(source)
+    overrides = {"collection": collection, "executor": executor, "preset": preset}
+    return ingest_under_locks(source, overrides, manifest)
+
+
+# --- reembed -----------------------------------------------------------------------------
+
+
+@task(name="inventory", **IO_TASK)
+def inventory_stage(overrides: Overrides) -> dict[str, Any]:
+    """What the alias serves now: its collection, model, policy, item count and sources."""
+    settings = settings_for(overrides)
+    with opened_store(settings) as store:
+        info = store.collection_info()
+        items = store.list_items()
+    sources = sorted({row["archive"] for row in items if row.get("archive")})
+    return {"physical": info["physical"], "model_id": info["model_id"], "policy": info["policy"],
+            "items": len(items), "sources": sources}
+
+
+@task(name="swap", **IO_TASK)
+def swap_stage(overrides: Overrides, new_physical: str, drop_old: bool) -> dict[str, str | None]:
+    """Point the alias at the new collection; drop the old one only when asked."""
+    settings = settings_for(overrides)
+    with opened_store(settings) as store:
+        old = store.swap_alias(new_physical)
+        if drop_old and old and old != new_physical:
+            store.drop_collection(old)
+    return {"alias": settings.collection, "new": new_physical, "old": old,
+            "old_dropped": str(bool(drop_old and old))}
+
+
+@flow(name="reembed", log_prints=True)
+def reembed(collection: str | None = None, preset: str | None = None,
+            segment_s: float | None = None, stride_s: float | None = None,
+            video_crops: int | None = None, executor: str = "local",
+            drop_old: bool = False) -> dict[str, Any]:
+    """Blue/green re-embed: re-ingest every source of the current collection into the
+    collection of another model or segment policy, then swap the alias to it.
+
+    The old collection stays (searchable again by swapping back) unless ``drop_old``.
+    """
+    base = {"collection": collection, "executor": executor}
+    target = {**base, "preset": preset, "segment_s": segment_s, "stride_s": stride_s,
+              "video_crops": video_crops}
+    current = inventory_stage(base)
+    new_physical = planned_collection(target)
+    check_reembed(current, new_physical, drop_old)
+    runs = [ingest_under_locks(src, target, None) for src in current["sources"]]
+    swapped = swap_stage(base, new_physical, drop_old)
+    print(f"alias {swapped['alias']!r}: {swapped['old']} -> {swapped['new']}")
+    return {**swapped, "sources": current["sources"], "runs": [r["run_id"] for r in runs],
+            "points_written": sum(r["points_written"] for r in runs)}
+
+
+def planned_collection(overrides: Overrides) -> str:
+    settings = settings_for(overrides)
+    return collection_name(model_id_of(settings), settings.policy)
+
+
+def check_reembed(current: Mapping[str, Any], new_physical: str, drop_old: bool) -> None:
+    """Refuse before any work: same collection, vanished sources, or no way to drop."""
+    if not current["sources"]:
+        raise ValueError("the current collection records no sources: nothing to re-embed")
+    if new_physical == current["physical"]:
+        raise ValueError(f"{new_physical} is already the current collection: choose another "
+                         "preset or segment policy")
+    missing = [s for s in current["sources"] if not _reachable(s)]
+    if missing:
+        raise FileNotFoundError(f"sources of the current collection are gone: {missing}; "
+                                "run prune on them first, or the new collection would lack "
+                                "their items")
+    if drop_old:
+        from search.store import VectorStore
+
+        if not hasattr(VectorStore, "drop_collection"):
+            raise NotImplementedError("this store cannot drop collections yet; rerun without "
+                                      "drop_old and remove the old collection by hand")
+
+
+def _reachable(source: str) -> bool:
+    try:
+        check_source(source)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- prune ---------------------------------------------------------------------------------
+
+
+@task(name="stored-items", **IO_TASK)
+def stored_items_stage(source: str, overrides: Overrides) -> dict[str, list[str]]:
+    """item_id → its stored locations, for the items recorded under this archive."""
+    with opened_store(settings_for(overrides)) as store:
+        rows = store.list_items(archive=source)
+    return {row["item_id"]: list(row["source_uri"]) for row in rows}
+
+
+@task(name="scan", **IO_TASK)
+def scan_stage(source: str, overrides: Overrides) -> dict[str, Any]:
+    """Hash every file now in the source: item id → its paths, and containers cut short."""
+    from ingest.sources import SourceEntry, iter_source
+
+    present: dict[str, list[str]] = {}
+    unread: list[str] = []
+    for entry in iter_source(source, settings_for(overrides)):
+        if isinstance(entry, SourceEntry):
+            present.setdefault(entry.item.item_id, []).append(entry.item.source_uri)
+            entry.release()
+        elif entry.item_id:  # rejected after reading: its bytes are there all the same
+            present.setdefault(entry.item_id, []).append(entry.uri)
+        else:
+            unread.append(entry.uri)
+    return {"present": present, "unread": unread}
+
+
+@task(name="delete", **IO_TASK)
+def delete_stage(source: str, overrides: Overrides, gone: Mapping[str, list[str]]) -> int:
+    """Forget the vanished items' paths in this source; items left with no path are deleted."""
+    removed = 0
+    with opened_store(settings_for(overrides)) as store:
+        for uris in gone.values():
+            for uri in (u for u in uris if _inside(u, source)):
+                removed += store.delete_source(uri)
+    return removed
+
+
+@task(name="relocate", **IO_TASK)
+def relocate_stage(overrides: Overrides, moved: Mapping[str, Mapping[str, list[str]]]) -> int:
+    """Items still present whose stored paths went stale: record the current paths first,
+    then forget the stale ones (so the item always keeps at least one path)."""
+    with opened_store(settings_for(overrides)) as store:
+        for item_id, paths in moved.items():
+            store.add_locations(item_id, paths["current"])
+            for uri in paths["stale"]:
+                if store.delete_source(uri):
+                    raise RuntimeError(f"forgetting {uri} deleted points of {item_id}")
+    return len(moved)
+
+
+@flow(name="prune", log_prints=True)
+def prune(source: str, collection: str | None = None) -> dict[str, Any]:
+    """Remove the points of files whose bytes are no longer anywhere in ``source``.
+
+    Items whose bytes are still there under another path keep their points;
+    their stale paths are replaced by the current ones.
+    """
+    source = normalise_source(source)
+    overrides = {"collection": collection}
+    check_source(source)
+    with source_slot(source), source_lock(settings_for(overrides), source):
+        stored = stored_items_stage(source, overrides)
+        scan = scan_stage(source, overrides)
+        check_scan_complete(stored, scan["unread"])
+        gone = {i: uris for i, uris in stored.items() if i not in scan["present"]}
+        moved = stale_locations(source, stored, scan["present"])
+        removed = delete_stage(source, overrides, gone) if gone else 0
+        relocated = relocate_stage(overrides, moved) if moved else 0
+    print(f"prune {source}: {len(stored)} stored items, {len(gone)} gone ({removed} points "
+          f"removed), {relocated} with paths updated")
+    return {"source": source, "items_stored": len(stored), "items_gone": len(gone),
+            "points_removed": removed, "items_relocated": relocated, "gone": sorted(gone)}
+
+
+def stale_locations(source: str, stored: Mapping[str, list[str]],
+                    present: Mapping[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    """Present items with stored paths in this source that no longer hold their bytes."""
+    moved = {}
+    for item_id, uris in stored.items():
+        current = present.get(item_id)
+        stale = [u for u in uris if _inside(u, source) and current and u not in current]
+        if stale:
+            moved[item_id] = {"current": list(current), "stale": stale}
+    return moved
+
+
+def check_scan_complete(stored: Mapping[str, list[str]], unread: list[str]) -> None:
+    """Refuse to prune when a container holding stored items was not read to the end
+    (the source itself, or a nested archive): its unread items would look deleted."""
+    for container in unread:
+        if any(_inside(uri, container) for uris in stored.values() for uri in uris):
+            raise RuntimeError(f"{container} could not be read to the end, so its files cannot "
+                               "be told apart from deleted ones; not pruning")
+
+
+def _inside(uri: str, container: str) -> bool:
+    """Whether ``uri`` lies in a folder or archive (``/a/x`` is not in ``/a/x2``)."""
+    return uri.startswith((container.rstrip("/") + "/", container + "!/"))

@@ -1,0 +1,169 @@
+"""The real flows on a generated archive: tiny model, embedded store, Prefect test server.
+
+Each scenario gets its own MEDIABIND_HOME (so its own embedded store); the
+flows read their settings from the environment, as a deployment would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows import locks
+from flows.ingest import ingest_archive, prune, reembed
+from flows.locks import source_key
+from flows.sample import Clip, write_clip
+from schemas import SegmentPolicy, Settings, collection_name
+from search.store import open_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+TINY = "imagebind_tiny"
+FILES = {
+    "audio/tone.wav": Clip(None, "sine=frequency=440:sample_rate=16000", 2.0, ""),
+    "video/clip.mp4": Clip("testsrc2=size=64x48:rate=5", "sine=frequency=880:sample_rate=16000",
+                           2.0, ""),
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def make_archive(root: Path, note: str) -> Path:
+    """Four small files of four kinds; ``note`` makes the bytes differ between archives."""
+    from PIL import Image
+
+    for name, clip in FILES.items():
+        write_clip(clip, root / name)
+    pixels = np.random.default_rng(len(note)).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    (root / "images").mkdir()
+    Image.fromarray(pixels).save(root / "images" / "noise.png")
+    (root / "text").mkdir()
+    (root / "text" / "note.txt").write_text(f"a short note about {note}\n")
+    return root
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None) -> Path:
+    monkeypatch.setenv("MEDIABIND_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDIABIND_PRESET", TINY)
+    monkeypatch.setenv("MEDIABIND_STORE", "edge")
+    monkeypatch.setenv("MEDIABIND_COLLECTION", "media")
+    monkeypatch.delenv("MEDIABIND_CHECKPOINT", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return make_archive(tmp_path / "archive", "tones")
+
+
+def stored(**where: str) -> dict[str, int]:
+    """item_id → number of points, read through the alias."""
+    with open_store(Settings()) as store:
+        return {row["item_id"]: row["n_points"] for row in store.list_items(**where)}
+
+
+def item_at(path: Path) -> str:
+    """The stored item whose locations include ``path``."""
+    with open_store(Settings()) as store:
+        ids = [r["item_id"] for r in store.list_items() if str(path) in r["source_uri"]]
+    assert len(ids) == 1, ids
+    return ids[0]
+
+
+def artifacts_with_key(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+def test_ingest_rerun_and_reembed(home, archive):
+    """One store through its life: ingest, an idle rerun, a blue/green re-embed."""
+    first = ingest_archive(str(archive))
+    assert first["items_completed"] == len(list(archive.rglob("*.*"))) == 4
+    assert first["items_rejected"] == 0 and first["points_written"] > 4
+    items = stored(archive=str(archive))
+    assert len(items) == 4 and sum(items.values()) == first["points_written"]
+    assert Path(first["report"]).is_file()
+    artifact, = artifacts_with_key(f"ingest-{source_key(str(archive))}")
+    assert first["run_id"] in artifact.data and artifact.type == "markdown"
+
+    again = ingest_archive(str(archive))
+    assert again["items_completed"] == 0 and again["points_written"] == 0
+    assert again["items_skipped"] == 4
+    assert stored(archive=str(archive)) == items
+
+    result = reembed(segment_s=1.0, stride_s=1.0)
+
+    settings = Settings()
+    new = collection_name(first["model_id"], SegmentPolicy(1.0, 1.0, settings.video_crops))
+    assert result["old"] == first["collection"] and result["new"] == new
+    with open_store(settings) as store:
+        info = store.collection_info()
+        assert info["physical"] == new and info["policy"] == "w1s1c3"
+        assert store.backend.collection_exists(first["collection"])  # kept for rollback
+    reembedded = stored()
+    assert set(reembedded) == set(items)
+    assert sum(reembedded.values()) > sum(items.values())  # 1 s windows: more segments
+    with pytest.raises(ValueError, match="already the current collection"):
+        reembed(segment_s=1.0, stride_s=1.0)
+
+
+def test_prune_removes_exactly_the_points_of_deleted_files(home, archive):
+    tone, video = archive / "audio" / "tone.wav", archive / "video" / "clip.mp4"
+    copy = archive / "audio" / "tone_copy.wav"  # the same bytes at a second path
+    copy.write_bytes(tone.read_bytes())
+    ingest_archive(str(archive))
+    before = stored(archive=str(archive))
+    tone_id, video_id = item_at(tone), item_at(video)
+    assert item_at(copy) == tone_id
+    tone.unlink()  # its bytes are still in the archive (the copy): keep the points
+    video.unlink()  # gone for good: its points go
+
+    result = prune(str(archive))
+
+    assert result["gone"] == [video_id] and result["points_removed"] == before[video_id]
+    assert result["items_relocated"] == 1
+    assert stored(archive=str(archive)) == {k: v for k, v in before.items() if k != video_id}
+    with open_store(Settings()) as store:
+        row, = [r for r in store.list_items() if r["item_id"] == tone_id]
+    assert row["source_uri"] == [str(copy)]
+    assert prune(str(archive))["points_removed"] == 0  # nothing more to remove
+
+
+def test_a_busy_source_is_refused_by_the_file_lock(home, archive, monkeypatch):
+    monkeypatch.setattr(locks, "BUSY_WAIT_S", 0.2)
+    with (locks.source_lock(Settings(), str(archive)),
+          pytest.raises(locks.SourceBusyError, match="already ingesting")):
+        ingest_archive(str(archive))
+
+
+def test_a_busy_source_is_refused_by_the_global_limit(home, archive):
+    from prefect.client.orchestration import get_client
+
+    with locks.source_slot(str(archive)) as name:
+        assert name == locks.slot_name(str(archive))
+        with (pytest.raises(locks.SourceBusyError, match="concurrency limit"),
+              locks.source_slot(str(archive), wait_s=1.0)):
+            pass
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    assert limit.limit == 1 and limit.active_slots == 0  # released on exit
+
+
+def test_missing_source_fails_without_retrying(home, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ingest_archive(str(tmp_path / "nowhere"))
