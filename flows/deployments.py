@@ -19,7 +19,8 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from flows.ingest import ingest_archive, prune
-from flows.locks import normalise_source, source_key
+from flows.locks import source_key
+from ingest.sources import normalise_source
 
 NO_SERVER = (
     "schedules need a real Prefect server, and PREFECT_API_URL is not set: the temporary "

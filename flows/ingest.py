@@ -24,7 +24,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.locks import normalise_source, source_key, source_lock, source_slot
+from flows.locks import source_key, source_lock, source_slot
+from ingest.sources import normalise_source
 from schemas import Settings, collection_name
 
 # I/O stages retry with exponential backoff (2, 4, 8 s, jittered); user errors do not.

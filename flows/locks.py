@@ -29,24 +29,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ingest.sources import normalise_source
 from schemas import Settings
 
 # How long a run waits for another run of the same source before giving up.
 BUSY_WAIT_S = 10.0
 POLL_S = 0.2
 SLOT_PREFIX = "mediabind-source-"
-URL_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "http://", "https://")
 
 
 class SourceBusyError(RuntimeError):
     """Another run holds the source; this one did not start."""
-
-
-def normalise_source(source: str) -> str:
-    """Local paths absolute and without a trailing slash; URLs as given (minus a trailing /)."""
-    if source.startswith(URL_SCHEMES):
-        return source.rstrip("/")
-    return str(Path(source.removeprefix("file://")).expanduser().resolve())
 
 
 def source_key(source: str) -> str:

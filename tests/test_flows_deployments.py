@@ -20,7 +20,8 @@ from flows.deployments import (
     require_server,
     schedule_args,
 )
-from flows.locks import SourceBusyError, normalise_source, source_key, source_lock
+from flows.locks import SourceBusyError, source_key, source_lock
+from ingest.sources import normalise_source
 from schemas import Settings
 
 

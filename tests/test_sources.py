@@ -21,9 +21,10 @@ from hostile import (
     write_tar,
     write_zip,
 )
+from PIL import Image
 
 from ingest.manifest import ManifestError
-from ingest.sources import SourceEntry, iter_source
+from ingest.sources import SourceEntry, iter_source, normalise_source
 from schemas import Kind, Settings, Stage
 
 EXPECTED_KINDS = {
@@ -91,10 +92,10 @@ def test_every_source_form_gives_the_same_items(tmp_path, files, settings):
         assert found == expected, form
         assert run.rejected == [], form
         for entry in run.entries:
-            assert entry.item.archive == source
+            assert entry.item.archive == normalise_source(source)
             assert entry.item.size_bytes == len(files[entry.item.member])
             assert entry.item.locations == (entry.item.source_uri,)
-            assert entry.item.source_uri.startswith(source) and entry.item.member in entry.item.source_uri
+            assert entry.item.source_uri.startswith(normalise_source(source)) and entry.item.member in entry.item.source_uri
     assert spool_files(settings) == []
 
 
@@ -241,10 +242,10 @@ def test_missing_source_is_a_user_error(tmp_path, settings):
         iter_source(f"file://{tmp_path}/nope.zip", settings)
 
 
-def test_a_plain_file_is_not_a_source(tmp_path, settings):
+def test_a_non_archive_url_is_not_a_source(tmp_path, settings):
     (tmp_path / "x.jpg").write_bytes(image_bytes("JPEG"))
     with pytest.raises(ValueError, match="not a folder or a supported archive"):
-        iter_source(tmp_path / "x.jpg", settings)
+        iter_source(memory_copy(tmp_path / "x.jpg", f"memory://{tmp_path.name}/x.jpg"), settings)
 
 
 def test_invalid_manifest_is_a_user_error(tmp_path, settings):
@@ -265,3 +266,25 @@ def test_zip_of_stored_members_and_directories(tmp_path, settings):
         archive.mkdir("empty_dir")
         archive.writestr("d/a.txt", b"alpha")
     assert set(run_source(tmp_path / "a.zip", settings).by_member()) == {"d/a.txt"}
+
+
+def test_a_single_media_file_is_a_source_of_one_item(tmp_path):
+    from ingest.sources import iter_source
+
+    clip = tmp_path / "photos" / "cat.png"
+    clip.parent.mkdir()
+    Image.new("RGB", (32, 24), "orange").save(clip)
+    (entry,) = list(iter_source(str(clip)))
+    assert entry.item.kind == Kind.IMAGE
+    assert (entry.item.archive, entry.item.member) == (str(clip.parent), "cat.png")
+    assert entry.item.source_uri == str(clip)
+    assert entry.path == clip  # read in place, not copied
+
+
+def test_sources_are_recorded_in_one_normal_form(tmp_path, monkeypatch):
+    from ingest.sources import normalise_source
+
+    monkeypatch.chdir(tmp_path)
+    assert normalise_source("media/") == str(tmp_path / "media")
+    assert normalise_source(f"file://{tmp_path}/media/") == str(tmp_path / "media")
+    assert normalise_source("s3://bucket/media/") == "s3://bucket/media"

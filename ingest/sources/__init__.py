@@ -1,6 +1,6 @@
 """Read any archive safely and stream its files as ``SourceEntry`` or ``Rejected`` records.
 
-Sources: a local folder (recursive, sorted), ``.tar``, ``.tar.gz``/``.tgz``,
+Sources: a single media file, a local folder (recursive, sorted), ``.tar``, ``.tar.gz``/``.tgz``,
 ``.zip``, and fsspec URLs (``file://`` with core fsspec; ``s3://`` and
 ``gs://`` need the extras ``mediabind[s3]`` / ``mediabind[gcs]``). A URL to a
 folder (prefix) lists it; a URL to an archive streams the archive through
@@ -37,13 +37,19 @@ from typing import Any, BinaryIO
 
 from ingest.manifest import load_manifest, normalise_member
 from ingest.sources.members import RawMember, SourceEntry
-from ingest.sources.readers import Reader, archive_reader, iter_folder, iter_fsspec_folder
+from ingest.sources.readers import (
+    Reader,
+    archive_reader,
+    folder_member,
+    iter_folder,
+    iter_fsspec_folder,
+)
 from ingest.sources.safety import Budget, ContainerStopped
 from ingest.sources.sidecars import attach_sidecars
 from ingest.sources.stream import NESTED_SEPARATOR, RunState, iter_source_members
 from schemas import Rejected, Settings, get_settings
 
-__all__ = ["NESTED_SEPARATOR", "SourceEntry", "iter_source"]
+__all__ = ["NESTED_SEPARATOR", "SourceEntry", "iter_source", "normalise_source"]
 
 # The optional extra that provides each fsspec protocol we document.
 PROTOCOL_EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -60,14 +66,41 @@ def iter_source(source: str | Path, settings: Settings | None = None,
     invalid manifest (ManifestError).
     """
     settings = settings or get_settings()
-    members = open_source(source, settings.max_compression_ratio)
+    archive = normalise_source(source)
+    single = _single_file(archive)
+    if single is not None:  # one media file: its folder is the archive, its name the member
+        archive, members = str(single.parent), _one(folder_member(single))
+    else:
+        members = open_source(source, settings.max_compression_ratio)
     rows = load_manifest(manifest) if manifest is not None else {}
     spool_path = Path(spool_dir) if spool_dir is not None else settings.home / "tmp"
     spool_path.mkdir(parents=True, exist_ok=True)
-    state = RunState(str(source), settings, spool_path,
+    state = RunState(archive, settings, spool_path,
                      {normalise_member(k): v for k, v in rows.items()},
                      Budget.from_settings(settings))
     return attach_sidecars(iter_source_members(state, members))
+
+
+def normalise_source(source: str | Path) -> str:
+    """How a source is recorded (``MediaItem.archive``): local paths absolute without a
+    trailing slash, URLs as given minus a trailing slash. Every caller (CLI, flows,
+    prune) records and matches sources in this one form."""
+    text = str(source)
+    if "://" in text and not text.startswith("file://"):
+        return text.rstrip("/")
+    return str(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+def _one(member: RawMember) -> Generator[RawMember, None, None]:
+    yield member
+
+
+def _single_file(archive: str) -> Path | None:
+    """A local regular file that is not an archive: a source of one item."""
+    if "://" in archive:
+        return None
+    path = Path(archive)
+    return path if path.is_file() and archive_reader(archive) is None else None
 
 
 def open_source(source: str | Path, max_ratio: float) -> Generator[RawMember, None, None]:

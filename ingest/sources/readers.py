@@ -40,10 +40,15 @@ def _walk(root: Path, folder: Path) -> Iterator[RawMember]:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(root, path)
         else:
-            yield _folder_member(name, path, entry.stat(follow_symlinks=False))
+            yield _member_of(name, path, entry.stat(follow_symlinks=False))
 
 
-def _folder_member(name: str, path: Path, info: os.stat_result) -> RawMember:
+def folder_member(path: Path) -> RawMember:
+    """One file given on its own (a single-file source), named by its file name."""
+    return _member_of(path.name, path, path.lstat())
+
+
+def _member_of(name: str, path: Path, info: os.stat_result) -> RawMember:
     problem = None
     if stat.S_ISLNK(info.st_mode):
         problem = f"symbolic link to {os.readlink(path)!r} (links are never followed)"
