@@ -1,0 +1,409 @@
+"""The vector store: Qdrant collections, aliases, upserts, deletes (DESIGN.md §2).
+
+One ``VectorStore`` over three engines (``search.backends``): ``edge`` (the
+default embedded engine), ``local`` (qdrant-client's embedded mode) and
+``server``. The same tests run against each (tests/test_store.py).
+
+Names: searches go through the alias ``settings.collection``; the physical
+collection behind it is ``collection_name(model_id, policy)``, with its model,
+policy and dimension recorded next to it, so a query from another model is
+refused. ``ensure_collection`` makes a collection the *write target* of this
+store handle: writes (the ``PointSink`` methods) go there while reads keep
+going through the alias, which is how a re-embed into a new collection runs
+beside the old one until ``swap_alias`` (blue/green).
+
+Embedded stores belong to one process (``StoreLockedError`` names the holder).
+On edge, HNSW is built by ``optimize()``; a writer that wrote at least
+``settings.optimize_after_points`` points calls it on close. Before that,
+search is exact, which is fine for small collections.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from schemas.payload import FILE_LEVEL_INDEX, INDEXED_FIELDS, PAYLOAD_FIELDS, SegmentPolicy
+from schemas.payload import collection_name as physical_name
+from schemas.records import EmbeddingRecord
+from schemas.settings import Settings, get_settings
+from search.backends import Backend, CollectionSpec, Group, Point, ScoredPoint, open_backend
+from search.backends.lock import StoreLockedError
+from search.filters import Match, Where, any_of, parse_where
+
+__all__ = ["Group", "Point", "ScoredPoint", "StoreLockedError", "VectorStore", "open_store"]
+
+VECTOR_DIM = 1024
+NORM_TOLERANCE = 1e-3  # records are L2-normalised float32; more drift means a bug upstream
+RETRY_ATTEMPTS = 5
+RETRY_BASE_S = 0.2
+ID_CHUNK = 512  # item ids per filter in completed_items / delete_items
+PAGE = 1024  # points per scroll page
+OVERFETCH = 4  # candidates per wanted hit when grouping without engine support
+MAX_GROUP_FETCH = 20_000
+GROUP_FIELDS = tuple(f for f, kind in INDEXED_FIELDS.items() if kind == "keyword")
+Where_ = Mapping[str, Any] | Where | None
+T = TypeVar("T")
+
+
+class VectorStore:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.alias = settings.collection
+        self._target: str | None = None
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._written = 0
+
+    def __repr__(self) -> str:
+        return f"VectorStore({self.backend!r}, alias={self.alias!r})"
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- collections and the alias ---------------------------------------------------
+
+    def ensure_collection(self, model_id: str, policy: SegmentPolicy, *,
+                          dim: int = VECTOR_DIM) -> str:
+        """Create (if needed) the collection for model + policy and make it the write target."""
+        name = physical_name(model_id, policy)
+        if not self.backend.collection_exists(name):
+            self.backend.create_collection(name, CollectionSpec(
+                dim, model_id, policy.policy_id, self.settings.quantization,
+                self.settings.on_disk_vectors))
+        elif self._spec(name)["dim"] != dim:
+            raise ValueError(f"collection {name} holds {self._spec(name)['dim']}-d vectors, "
+                             f"not {dim}-d")
+        if self.backend.get_alias(self.alias) is None:
+            self.backend.set_alias(self.alias, name)
+        self._target = name
+        return name
+
+    def swap_alias(self, new_physical: str) -> str | None:
+        """Atomically repoint the alias (blue/green); returns the previous collection."""
+        if not self.backend.collection_exists(new_physical):
+            raise ValueError(f"no collection {new_physical!r} to point {self.alias!r} at")
+        old = self.backend.get_alias(self.alias)
+        self._retry(lambda: self.backend.set_alias(self.alias, new_physical))
+        return old
+
+    def _read_name(self) -> str:
+        name = self.backend.get_alias(self.alias)
+        if name is None:
+            raise LookupError(f"the store has no collection behind {self.alias!r} yet: "
+                              "ingest something first (or call ensure_collection)")
+        return name
+
+    def _write_name(self) -> str:
+        return self._target or self._read_name()
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        if name not in self._specs:
+            self._specs[name] = self.backend.collection_metadata(name)
+        return self._specs[name]
+
+    def collection_info(self) -> dict[str, Any]:
+        name = self._read_name()
+        spec = self._spec(name)
+        return {"alias": self.alias, "physical": name, "backend": self.backend.name,
+                "model_id": spec["model_id"], "policy": spec["policy"], "dim": spec["dim"],
+                "points": self.backend.count(name, None), "write_target": self._write_name()}
+
+    # --- PointSink -----------------------------------------------------------------------
+
+    def write(self, records: Sequence[EmbeddingRecord]) -> None:
+        """Idempotent batched upsert; the whole call is validated before anything is written."""
+        if not records:
+            return
+        name = self._write_name()
+        spec = self._spec(name)
+        vectors = [_check_record(r, spec) for r in records]
+        batch = self.settings.upsert_batch
+        for start in range(0, len(records), batch):
+            chunk = records[start:start + batch]
+            ids = [r.point_id for r in chunk]
+            payloads = [r.payload for r in chunk]
+            stacked = np.stack(vectors[start:start + batch])
+            self._retry(lambda i=ids, v=stacked, p=payloads: self.backend.upsert(name, i, v, p))
+            self._written += len(chunk)
+
+    def completed_items(self, item_ids: Iterable[str]) -> set[str]:
+        """Items whose file-level point (segment_index == -1) is stored in the write target."""
+        if self._target is None and self.backend.get_alias(self.alias) is None:
+            return set()  # no collection yet: nothing is stored, so nothing is complete
+        name = self._write_name()
+        file_level = Where((Match("segment_index", FILE_LEVEL_INDEX),))
+        done: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(item_ids)), ID_CHUNK):
+            where = any_of("item_id", chunk).and_(file_level)
+            done.update(p.payload["item_id"] for p in self._iter(name, where, ["item_id"]))
+        return done
+
+    def add_locations(self, item_id: str, source_uris: Sequence[str]) -> None:
+        """Union more paths of the same bytes into every point of the item."""
+        name = self._write_name()
+        where = any_of("item_id", [item_id])
+        known = [u for p in self._iter(name, where, ["source_uri"])
+                 for u in _as_list(p.payload.get("source_uri"))]
+        merged = list(dict.fromkeys([*known, *source_uris]))
+        if known and merged != list(dict.fromkeys(known)):
+            self._retry(lambda: self.backend.set_payload(name, where, {"source_uri": merged}))
+
+    # --- reading -------------------------------------------------------------------------
+
+    def search(self, vector: np.ndarray, *, where: Where_ = None, limit: int = 10,
+               offset: int = 0, exclude: Iterable[str] | None = None,
+               model_id: str | None = None) -> list[ScoredPoint]:
+        """Nearest points by cosine; ``exclude`` drops item ids; ``model_id`` is checked."""
+        name, query = self._query_target(vector, model_id)
+        return self.backend.query(name, query, _with_exclusions(where, exclude), limit, offset)
+
+    def search_groups(self, vector: np.ndarray, *, group_by: str = "item_id",
+                      where: Where_ = None, limit: int = 10, group_size: int = 3,
+                      exclude: Iterable[str] | None = None,
+                      model_id: str | None = None) -> list[Group]:
+        """Best ``limit`` groups (source files by default), each with its best hits first.
+
+        Engines without native grouping (edge) over-fetch ``limit * group_size * 4``
+        candidates and group them here, fetching more while fewer than ``limit`` groups
+        appear. The groups found are the true best groups; one may hold fewer than
+        ``group_size`` hits when its other points rank below every fetched candidate.
+        """
+        if group_by not in GROUP_FIELDS:
+            raise ValueError(f"group_by must be one of {GROUP_FIELDS}, got {group_by!r}")
+        name, query = self._query_target(vector, model_id)
+        filt = _with_exclusions(where, exclude)
+        if self.backend.native_groups:
+            return self.backend.query_groups(name, query, filt, group_by, limit, group_size)
+        return self._groups_by_overfetch(name, query, filt, group_by, limit, group_size)
+
+    def _groups_by_overfetch(self, name: str, query: np.ndarray, where: Where | None,
+                             group_by: str, limit: int, group_size: int) -> list[Group]:
+        fetch = max(limit * group_size * OVERFETCH, 16)
+        while True:
+            hits = self.backend.query(name, query, where, fetch, 0)
+            groups = _group_hits(hits, group_by, group_size)
+            if len(groups) >= limit or len(hits) < fetch or fetch >= MAX_GROUP_FETCH:
+                return groups[:limit]
+            fetch = min(fetch * 4, MAX_GROUP_FETCH)
+
+    def _query_target(self, vector: np.ndarray, model_id: str | None) -> tuple[str, np.ndarray]:
+        name = self._read_name()
+        spec = self._spec(name)
+        if model_id is not None and model_id != spec["model_id"]:
+            raise ValueError(f"the query was embedded with {model_id!r} but {self.alias!r} "
+                             f"holds {spec['model_id']!r} vectors; they are not comparable")
+        return name, _check_vector(vector, spec["dim"], unit=False)
+
+    def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
+        return self.backend.retrieve(self._read_name(), [_check_id(i) for i in ids], with_vectors)
+
+    def scroll(self, where: Where_ = None, limit: int = 100) -> list[Point]:
+        """Up to ``limit`` points matching ``where``, in id order."""
+        points = self._iter(self._read_name(), parse_where(where), None)
+        return [p for p, _ in zip(points, range(limit), strict=False)]
+
+    def _iter(self, name: str, where: Where | None,
+              fields: Sequence[str] | None) -> Iterator[Point]:
+        offset: Any = None
+        while True:
+            page, offset = self.backend.scroll(name, where, PAGE, offset, fields)
+            yield from page
+            if offset is None or not page:
+                return
+
+    def count(self, where: Where_ = None) -> int:
+        return self.backend.count(self._read_name(), parse_where(where))
+
+    def count_by_modality(self) -> dict[str, int]:
+        return dict(sorted(self.backend.facet(self._read_name(), "modality", None).items()))
+
+    def list_items(self, archive: str | None = None) -> list[dict[str, Any]]:
+        """One row per item: item_id, source_uri (all paths), kind, archive, modalities, n_points."""
+        where = parse_where({"archive": archive}) if archive is not None else None
+        fields = ["item_id", "source_uri", "kind", "archive", "modality"]
+        rows: dict[str, dict[str, Any]] = {}
+        for point in self._iter(self._read_name(), where, fields):
+            _add_to_row(rows, point.payload)
+        for row in rows.values():
+            row["modalities"] = sorted(row["modalities"])
+        return sorted(rows.values(), key=lambda r: r["item_id"])
+
+    # --- deleting ------------------------------------------------------------------------
+
+    def delete_items(self, item_ids: Iterable[str]) -> int:
+        """Delete every point of these items; returns the number of points removed."""
+        name = self._read_name()
+        removed = 0
+        for chunk in _chunks(list(dict.fromkeys(item_ids)), ID_CHUNK):
+            removed += self._delete(name, any_of("item_id", chunk))
+        return removed
+
+    def delete_where(self, where: Mapping[str, Any] | Where) -> int:
+        parsed = parse_where(where)
+        if parsed is None or (not parsed.must and not parsed.must_not):
+            raise ValueError("delete_where needs a non-empty filter (it never deletes everything)")
+        return self._delete(self._read_name(), parsed)
+
+    def delete_source(self, archive_or_prefix: str) -> int:
+        """Forget an archive, folder or URI prefix.
+
+        Items seen only there are deleted; items whose bytes were also seen elsewhere
+        keep their points and lose only these paths (their ``archive`` field keeps the
+        first archive they were seen in). Returns the number of points removed.
+        """
+        name = self._read_name()
+        where = parse_where({"source_uri": {"prefix": archive_or_prefix}})
+        uris: dict[str, list[str]] = {}
+        for point in self._iter(name, where, ["item_id", "source_uri"]):
+            uris.setdefault(point.payload["item_id"], []).extend(
+                _as_list(point.payload.get("source_uri")))
+        gone = []
+        for item_id, paths in uris.items():
+            kept = [u for u in dict.fromkeys(paths) if not _under(u, archive_or_prefix)]
+            if kept:
+                self._retry(lambda i=item_id, k=kept: self.backend.set_payload(
+                    name, any_of("item_id", [i]), {"source_uri": k}))
+            elif paths:
+                gone.append(item_id)
+        return self.delete_items(gone)
+
+    def _delete(self, name: str, where: Where) -> int:
+        before = self.backend.count(name, where)
+        self._retry(lambda: self.backend.delete(name, where))
+        return before
+
+    # --- upkeep --------------------------------------------------------------------------
+
+    def optimize(self) -> None:
+        """Build the HNSW index where the engine needs an explicit call (edge; blocking)."""
+        names = {self._write_name()} if self._target else set()
+        alias_target = self.backend.get_alias(self.alias)
+        names |= {alias_target} if alias_target else set()
+        for name in sorted(names):
+            self.backend.optimize(name)
+
+    def close(self) -> None:
+        threshold = self.settings.optimize_after_points
+        try:
+            if threshold and self._written >= threshold:
+                self.optimize()
+        finally:
+            self.backend.close()
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                return call()
+            except Exception as exc:
+                if attempt == RETRY_ATTEMPTS - 1 or not self.backend.is_transient(exc):
+                    raise
+                time.sleep(RETRY_BASE_S * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def open_store(settings: Settings | None = None, *, backend: str | None = None) -> VectorStore:
+    """The store configured by ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    return VectorStore(open_backend(backend or settings.store_kind, settings), settings)
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def _check_id(point_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(point_id)))
+    except ValueError:
+        raise ValueError(f"point id {point_id!r} is not a UUID (see schemas.point_id)") from None
+
+
+def _check_vector(vector: Any, dim: int, *, unit: bool) -> np.ndarray:
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.shape != (dim,):
+        raise ValueError(f"vector has shape {arr.shape}, the collection holds ({dim},)")
+    if not np.isfinite(arr).all():
+        raise ValueError("vector holds NaN or infinite values")
+    norm = float(np.linalg.norm(arr))
+    if norm == 0.0:
+        raise ValueError("vector is all zeros: cosine similarity is undefined")
+    if unit and abs(norm - 1.0) > NORM_TOLERANCE:
+        raise ValueError(f"vector norm is {norm:.4f}; records must be L2-normalised")
+    return arr
+
+
+def _check_record(record: EmbeddingRecord, spec: Mapping[str, Any]) -> np.ndarray:
+    _check_id(record.point_id)
+    where = f"record {record.point_id}"
+    unknown = set(record.payload) - set(PAYLOAD_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown payload fields {sorted(unknown)}")
+    if not isinstance(record.payload.get("item_id"), str) or not record.payload["item_id"]:
+        raise ValueError(f"{where}: payload needs an item_id")
+    if not isinstance(record.payload.get("source_uri", []), list):
+        raise ValueError(f"{where}: payload source_uri must be a list of paths")
+    for key in ("model_id", "policy"):
+        if record.payload.get(key, spec[key]) != spec[key]:
+            raise ValueError(f"{where}: {key} {record.payload[key]!r} does not match the "
+                             f"collection's {spec[key]!r}")
+    try:
+        return _check_vector(record.vector, spec["dim"], unit=True)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def _with_exclusions(where: Where_, exclude: Iterable[str] | None) -> Where | None:
+    parsed = parse_where(where)
+    excluded = list(exclude or ())
+    if not excluded:
+        return parsed
+    negation = Where(must_not=(any_of("item_id", excluded),))
+    return negation if parsed is None else parsed.and_(negation)
+
+
+def _group_hits(hits: Sequence[ScoredPoint], group_by: str, size: int) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for hit in hits:  # best first, so each group's first hit is its best
+        for key in _as_list(hit.payload.get(group_by)):
+            group = groups.setdefault(str(key), Group(str(key), []))
+            if len(group.hits) < size:
+                group.hits.append(hit)
+    return list(groups.values())
+
+
+def _add_to_row(rows: dict[str, dict[str, Any]], payload: Mapping[str, Any]) -> None:
+    row = rows.setdefault(payload["item_id"], {
+        "item_id": payload["item_id"], "source_uri": [], "kind": payload.get("kind"),
+        "archive": payload.get("archive"), "modalities": set(), "n_points": 0})
+    row["source_uri"] = list(dict.fromkeys([*row["source_uri"],
+                                            *_as_list(payload.get("source_uri"))]))
+    row["modalities"].add(payload.get("modality"))
+    row["n_points"] += 1
+
+
+def _under(uri: str, prefix: str) -> bool:
+    """Whether ``uri`` lies in the archive, folder or prefix (``/data/x`` is not ``/data/x2``)."""
+    if uri == prefix or (prefix.endswith(("/", "!/")) and uri.startswith(prefix)):
+        return True
+    return uri.startswith((prefix + "/", prefix + "!/"))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]

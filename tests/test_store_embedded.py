@@ -1,0 +1,139 @@
+"""What only the embedded stores have (one process per folder, edge's HNSW build), plus
+retries, backend choice and the server's handling of its API key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from store_helpers import EMBEDDED_PARAMS, POLICY, random_unit, record, settings_for
+
+from schemas import Settings
+from search.backends.lock import StoreLockedError
+from search.store import VectorStore, open_store
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from schemas import Settings
+    from search.store import open_store
+    store = open_store(Settings(home=Path(sys.argv[1]), store=sys.argv[2]))
+    print("ready", flush=True)
+    sys.stdin.readline()  # hold the store until the test lets go
+    store.close()
+""")
+
+
+@pytest.mark.parametrize("backend", EMBEDDED_PARAMS)
+def test_second_process_gets_a_clear_error(backend: str, tmp_path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), backend],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError) as caught:
+            open_store(settings_for(backend, tmp_path))
+        message = str(caught.value)
+        assert f"pid {holder.pid}" in message
+        assert str(tmp_path / "qdrant" / backend) in message and "QDRANT_URL" in message
+    finally:
+        holder.communicate("done\n", timeout=30)
+    open_store(settings_for(backend, tmp_path)).close()  # released when the holder exits
+
+
+@pytest.mark.parametrize("backend", EMBEDDED_PARAMS)
+def test_same_process_cannot_open_a_store_twice(backend: str, tmp_path) -> None:
+    with open_store(settings_for(backend, tmp_path)), pytest.raises(StoreLockedError):
+        open_store(settings_for(backend, tmp_path))
+
+
+def _write(store: VectorStore, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    store.write([record(f"i{k}", 0, random_unit(rng)) for k in range(n)])
+
+
+def test_transient_errors_are_retried(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("search.store.RETRY_BASE_S", 0.0)
+    with open_store(settings_for("edge", tmp_path, upsert_batch=2)) as store:
+        store.ensure_collection("m1", POLICY)
+        real_upsert, failures = store.backend.upsert, [ConnectionError("blip")] * 2
+
+        def flaky_upsert(*args, **kwargs):
+            if failures:
+                raise failures.pop()
+            return real_upsert(*args, **kwargs)
+
+        monkeypatch.setattr(store.backend, "upsert", flaky_upsert)
+        _write(store, 5)
+        assert store.count() == 5 and not failures
+
+
+def test_permanent_errors_are_not_retried(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def broken_upsert(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("disk full")
+
+    with open_store(settings_for("edge", tmp_path)) as store:
+        store.ensure_collection("m1", POLICY)
+        monkeypatch.setattr(store.backend, "upsert", broken_upsert)
+        with pytest.raises(RuntimeError, match="disk full"):
+            _write(store, 3)
+    assert len(calls) == 1
+
+
+def _indexed_after_reopen(tmp_path, n: int, threshold: int) -> int:
+    settings = settings_for("edge", tmp_path, optimize_after_points=threshold)
+    with open_store(settings) as store:
+        store.ensure_collection("m1", POLICY)
+        _write(store, n)
+    with open_store(settings) as store:
+        return store.backend.indexed_vectors(store.collection_info()["physical"])
+
+
+def test_small_writes_leave_edge_on_exact_search(tmp_path) -> None:
+    assert _indexed_after_reopen(tmp_path, 50, threshold=1000) == 0
+
+
+@pytest.mark.slow
+def test_a_large_writer_builds_the_hnsw_index_on_close(tmp_path) -> None:
+    # 3000 x 1024-d float32 is above edge's indexing threshold (~10 MB per segment)
+    assert _indexed_after_reopen(tmp_path, 3000, threshold=3000) == 3000
+
+
+def test_auto_backend_is_edge_without_a_server_url(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    with open_store(Settings(home=tmp_path)) as store:
+        assert store.backend.name == "edge"
+    with pytest.raises(ValueError, match="unknown store backend 'mongo'"):
+        open_store(Settings(home=tmp_path), backend="mongo")
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_server_never_shows_its_api_key(tmp_path, monkeypatch) -> None:
+    secret = "sekrit-api-key-123"
+    monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setenv("QDRANT_API_KEY", secret)
+    settings = Settings(home=tmp_path)
+    assert settings.store_kind == "server" and secret not in repr(settings)
+    with pytest.raises(ConnectionError) as caught:
+        open_store(settings)
+    assert "http://127.0.0.1:9" in str(caught.value)
+    assert secret not in str(caught.value) and caught.value.__cause__ is None
+
+
+def test_edge_adopts_a_collection_whose_catalog_entry_was_lost(tmp_path) -> None:
+    settings = settings_for("edge", tmp_path)
+    with open_store(settings) as store:
+        store.ensure_collection("m1", POLICY)
+        _write(store, 4)
+    (tmp_path / "qdrant" / "edge" / "catalog.json").unlink()  # as if cut off mid-creation
+    with open_store(settings) as store:
+        with pytest.raises(LookupError, match="ingest something first"):
+            store.count()
+        store.ensure_collection("m1", POLICY)
+        assert store.count() == 4
