@@ -147,10 +147,16 @@ class VectorStore:
         return done
 
     def add_locations(self, item_id: str, source_uris: Sequence[str]) -> None:
-        """Union more paths of the same bytes into every point of the item."""
+        """Union more paths of the same bytes into every point of the item.
+
+        Cheap when nothing is new (every rerun calls it for every skipped item):
+        the known paths are read from the item's file-level points only, and
+        the item's points are rewritten only when a path is new.
+        """
         name = self._write_name()
         where = any_of("item_id", [item_id])
-        known = [u for p in self._iter(name, where, ["source_uri"])
+        file_level = where.and_(Where((Match("segment_index", FILE_LEVEL_INDEX),)))
+        known = [u for p in self._iter(name, file_level, ["source_uri"])
                  for u in _as_list(p.payload.get("source_uri"))]
         merged = list(dict.fromkeys([*known, *source_uris]))
         if known and merged != list(dict.fromkeys(known)):

@@ -15,6 +15,7 @@ from pipeline_helpers import (
     all_points,
     expected_segments,
     make_archive,
+    make_media,
     open_ready_store,
     settings_for,
     sha256,
@@ -163,3 +164,18 @@ def test_a_process_killed_midway_resumes(archive, tmp_path) -> None:
         assert segments == expected_segments(folder, settings)
         file_level = {p["item_id"] for p in points.values() if p["segment_index"] == FILE_LEVEL_INDEX}
         assert file_level == {sha256(folder / m) for m in GOOD_FILES}
+
+
+def test_a_file_moved_between_runs_keeps_its_points_and_gains_its_new_path(tmp_path) -> None:
+    folder = make_media(tmp_path / "media")
+    settings = settings_for(tmp_path / "home")
+    moved = folder / "moved" / "beep.wav"
+    with open_ready_store(settings) as store:
+        run_ingest(str(folder), store, settings=settings, executor="local")
+        before = store.count()
+        moved.parent.mkdir()
+        (folder / "sounds" / "beep.wav").rename(moved)
+        again = run_ingest(str(folder), store, settings=settings, executor="local")
+        assert again.points_written == 0 and store.count() == before
+        item = [p for p in all_points(store).values() if p["item_id"] == sha256(moved)]
+        assert item and all(str(moved) in p["source_uri"] for p in item)

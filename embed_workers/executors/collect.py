@@ -89,6 +89,9 @@ class Collector:
         if p.action is Action.REJECT:
             self._reject_unread(p.rejected)
         elif p.action is Action.SKIP:
+            # The bytes may have moved or been copied since they were stored: remember
+            # this path too (a no-op in the store when it is already known).
+            self.duplicates[p.entry.item.item_id].append(p.entry.item.source_uri)
             self._outcome(p.entry.item, Outcome.SKIPPED)
         elif p.action is Action.DUPLICATE:
             # Deferred: the first copy may still be in flight, with no points to update yet.
