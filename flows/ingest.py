@@ -194,7 +194,7 @@ def reembed(collection: str | None = None, preset: str | None = None,
               "video_crops": video_crops}
     current = inventory_stage(base)
     new_physical = planned_collection(target)
-    check_reembed(current, new_physical, drop_old)
+    check_reembed(current, new_physical)
     runs = [ingest_under_locks(src, target, None) for src in current["sources"]]
     swapped = swap_stage(base, new_physical, drop_old)
     print(f"alias {swapped['alias']!r}: {swapped['old']} -> {swapped['new']}")
@@ -207,8 +207,8 @@ def planned_collection(overrides: Overrides) -> str:
     return collection_name(model_id_of(settings), settings.policy)
 
 
-def check_reembed(current: Mapping[str, Any], new_physical: str, drop_old: bool) -> None:
-    """Refuse before any work: same collection, vanished sources, or no way to drop."""
+def check_reembed(current: Mapping[str, Any], new_physical: str) -> None:
+    """Refuse before any work: same collection or vanished sources."""
     if not current["sources"]:
         raise ValueError("the current collection records no sources: nothing to re-embed")
     if new_physical == current["physical"]:
@@ -219,12 +219,6 @@ def check_reembed(current: Mapping[str, Any], new_physical: str, drop_old: bool)
         raise FileNotFoundError(f"sources of the current collection are gone: {missing}; "
                                 "run prune on them first, or the new collection would lack "
                                 "their items")
-    if drop_old:
-        from search.store import VectorStore
-
-        if not hasattr(VectorStore, "drop_collection"):
-            raise NotImplementedError("this store cannot drop collections yet; rerun without "
-                                      "drop_old and remove the old collection by hand")
 
 
 def _reachable(source: str) -> bool:

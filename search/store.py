@@ -94,6 +94,17 @@ class VectorStore:
         self._retry(lambda: self.backend.set_alias(self.alias, new_physical))
         return old
 
+    def drop_collection(self, physical: str) -> None:
+        """Delete a physical collection no alias points at (e.g. the old side of a swap)."""
+        if not self.backend.collection_exists(physical):
+            raise ValueError(f"no collection {physical!r} to drop")
+        in_use = self.backend.aliases_of(physical)
+        if in_use or physical == self._target:
+            users = ", ".join(in_use) or "this store's writes"
+            raise ValueError(f"refusing to drop {physical!r}: it is in use by {users}")
+        self._retry(lambda: self.backend.drop_collection(physical))
+        self._specs.pop(physical, None)
+
     def _read_name(self) -> str:
         name = self.backend.get_alias(self.alias)
         if name is None:

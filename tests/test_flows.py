@@ -121,6 +121,14 @@ def test_ingest_rerun_and_reembed(home, archive):
     with pytest.raises(ValueError, match="already the current collection"):
         reembed(segment_s=1.0, stride_s=1.0)
 
+    # Back to 2-s windows, this time dropping the 1-s collection once the alias moved.
+    back = reembed(segment_s=2.0, stride_s=2.0, drop_old=True)
+    assert (back["old"], back["new"]) == (new, first["collection"])
+    with open_store(Settings()) as store:
+        assert not store.backend.collection_exists(new)
+        assert store.collection_info()["physical"] == first["collection"]
+    assert stored() == items
+
 
 def test_prune_removes_exactly_the_points_of_deleted_files(home, archive):
     tone, video = archive / "audio" / "tone.wav", archive / "video" / "clip.mp4"

@@ -208,6 +208,23 @@ def test_alias_swap_is_blue_green(store: VectorStore, backend: str, model: str) 
         store.search(basis(0), model_id=model)
 
 
+def test_only_a_collection_no_alias_uses_can_be_dropped(store: VectorStore, backend: str,
+                                                        model: str) -> None:
+    blue = store.collection_info()["physical"]
+    store.write([record("old", 0, at_cosine(0.9, 1), model_id=model)])
+    green = store.ensure_collection(model_for(backend, "m2"), POLICY)
+    with pytest.raises(ValueError, match="in use"):
+        store.drop_collection(blue)  # the alias still points at it
+    store.swap_alias(green)
+    with pytest.raises(ValueError, match="in use"):
+        store.drop_collection(green)  # the alias and this store's writes use it
+    store.drop_collection(blue)
+    assert not store.backend.collection_exists(blue)
+    assert store.count() == 0  # green, behind the alias, is untouched (and empty)
+    with pytest.raises(ValueError, match="no collection"):
+        store.drop_collection(blue)
+
+
 def test_swap_to_a_missing_collection_is_refused(store: VectorStore, model: str) -> None:
     with pytest.raises(ValueError, match="no collection"):
         store.swap_alias("mediabind__nope__w2s2c3")

@@ -79,6 +79,14 @@ class Backend(ABC):
     def collection_metadata(self, name: str) -> dict[str, Any]: ...
 
     @abstractmethod
+    def drop_collection(self, name: str) -> None:
+        """Delete a physical collection and its points (callers check no alias uses it)."""
+
+    @abstractmethod
+    def aliases_of(self, name: str) -> list[str]:
+        """Every alias that points at ``name``."""
+
+    @abstractmethod
     def get_alias(self, alias: str) -> str | None: ...
 
     @abstractmethod

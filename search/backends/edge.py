@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,20 @@ class EdgeBackend(Backend):
 
     def collection_metadata(self, name: str) -> dict[str, Any]:
         return dict(self._catalog["collections"][name])
+
+    def drop_collection(self, name: str) -> None:
+        # Catalog first: a crash before the folder is gone leaves an orphan folder that
+        # create_collection would adopt, never a catalog entry without its data.
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        catalog = json.loads(json.dumps(self._catalog))
+        catalog["collections"].pop(name, None)
+        self._write_catalog(catalog)
+        shutil.rmtree(self._folder(name), ignore_errors=True)
+
+    def aliases_of(self, name: str) -> list[str]:
+        return sorted(a for a, target in self._catalog["aliases"].items() if target == name)
 
     def get_alias(self, alias: str) -> str | None:
         return self._catalog["aliases"].get(alias)

@@ -73,6 +73,13 @@ class ClientBackend(Backend):
     def collection_metadata(self, name: str) -> dict[str, Any]:
         return dict(self.client.get_collection(name).config.metadata or {})
 
+    def drop_collection(self, name: str) -> None:
+        self.client.delete_collection(name)
+
+    def aliases_of(self, name: str) -> list[str]:
+        return sorted(a.alias_name for a in self.client.get_aliases().aliases
+                      if a.collection_name == name)
+
     def get_alias(self, alias: str) -> str | None:
         for description in self.client.get_aliases().aliases:
             if description.alias_name == alias:
