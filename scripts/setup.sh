@@ -27,14 +27,17 @@ stamp="$venv/.mediabind-installed"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${extra:-runtime}"
 if ! grep -qx "$want" "$stamp" 2>/dev/null; then
   echo "setup: installing Python packages into $venv (first time: a few minutes)" >&2
-  "$venv/bin/pip" install -q --upgrade pip
+  log="$venv/setup.log"
+  pip_quiet() { "$venv/bin/pip" install -q "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
+  : > "$log"
+  pip_quiet --upgrade pip
   if [ "$extra" = dev ]; then
-    "$venv/bin/pip" install -q -e ".[dev]"
+    pip_quiet -e ".[dev]"
     # The reference ImageBind model code, test-only, for parity tests. --no-deps:
     # its declared deps include pytorchvideo, which is broken on current torchvision.
-    "$venv/bin/pip" install -q --no-deps imagebind-unofficial==0.1.1
+    pip_quiet --no-deps imagebind-unofficial==0.1.1
   else
-    "$venv/bin/pip" install -q -e .
+    pip_quiet -e .
   fi
   echo "$want" >> "$stamp"
 fi
