@@ -74,12 +74,13 @@ def _existing(path: Path, source: str) -> Path:
 
 
 def resolve_checkpoint(preset: Preset, settings: Settings | None = None,
-                       path: Path | str | None = None) -> Path:
+                       path: Path | str | None = None, *, download_allowed: bool = True) -> Path:
     """Where the preset's weights are, downloading them if allowed.
 
     Order: ``path`` → ``settings.checkpoint`` (MEDIABIND_CHECKPOINT) →
     ``settings.checkpoint_dir/<checkpoint_filename>`` → download from the
-    preset's URL, only when ``settings.accept_license`` is true.
+    preset's URL, only when ``settings.accept_license`` is true and
+    ``download_allowed`` (False: a lookup that never touches the network).
     """
     settings = settings or get_settings()
     if path is not None:
@@ -91,6 +92,8 @@ def resolve_checkpoint(preset: Preset, settings: Settings | None = None,
         return target
     if preset.checkpoint_url is None:
         raise CheckpointError(f"preset {preset.name} has no download URL and {target} does not exist")
+    if not download_allowed:
+        raise CheckpointError(f"no {preset.name} checkpoint at {target} (nor MEDIABIND_CHECKPOINT)")
     if not settings.accept_license:
         raise LicenseNotAccepted(_licence_refusal(preset, target))
     try:

@@ -16,16 +16,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _checkpoint_status(settings: Settings) -> str:
-    from embed_workers.model.checkpoint import resolve_checkpoint
+    from embed_workers.model.checkpoint import CheckpointError, resolve_checkpoint
     from embed_workers.model.presets import get_preset
 
     preset = get_preset(settings.preset)
     if preset.checkpoint_url is None:
         return "not needed (random-weight test preset)"
     try:
-        return str(resolve_checkpoint(preset, settings, download=False))
-    except (FileNotFoundError, PermissionError, RuntimeError) as exc:
-        return f"missing: {exc}"
+        return str(resolve_checkpoint(preset, settings, download_allowed=False))
+    except CheckpointError as exc:
+        accept = "" if settings.accept_license else "; MEDIABIND_ACCEPT_LICENSE=true allows the download"
+        return f"missing: {exc}{accept}"
 
 
 def _store_status(settings: Settings) -> dict:
