@@ -136,14 +136,12 @@ class VectorStore:
         name = self._write_name()
         spec = self._spec(name)
         vectors = [_check_record(r, spec) for r in records]
-        batch = self.settings.upsert_batch
-        for start in range(0, len(records), batch):
-            chunk = records[start:start + batch]
-            ids = [r.point_id for r in chunk]
-            payloads = [r.payload for r in chunk]
-            stacked = np.stack(vectors[start:start + batch])
+        for start, end in _upsert_spans(records, self.settings.upsert_batch):
+            ids = [r.point_id for r in records[start:end]]
+            payloads = [r.payload for r in records[start:end]]
+            stacked = np.stack(vectors[start:end])
             self._retry(lambda i=ids, v=stacked, p=payloads: self.backend.upsert(name, i, v, p))
-            self._written += len(chunk)
+            self._written += end - start
 
     def completed_items(self, item_ids: Iterable[str]) -> set[str]:
         """Items whose file-level point (segment_index == -1) is stored in the write target."""
@@ -167,11 +165,14 @@ class VectorStore:
         name = self._write_name()
         where = any_of("item_id", [item_id])
         file_level = where.and_(Where((Match("segment_index", FILE_LEVEL_INDEX),)))
-        known = [u for p in self._iter(name, file_level, ["source_uri"])
-                 for u in _as_list(p.payload.get("source_uri"))]
+        known = self._known_uris(name, file_level) or self._known_uris(name, where)
         merged = list(dict.fromkeys([*known, *source_uris]))
         if known and merged != list(dict.fromkeys(known)):
             self._retry(lambda: self.backend.set_payload(name, where, {"source_uri": merged}))
+
+    def _known_uris(self, name: str, where: Where) -> list[str]:
+        return [u for p in self._iter(name, where, ["source_uri"])
+                for u in _as_list(p.payload.get("source_uri"))]
 
     # --- reading -------------------------------------------------------------------------
 
@@ -419,6 +420,24 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _upsert_spans(records: Sequence[EmbeddingRecord], size: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` spans of about ``size`` records that never split the file-level
+    points of one item: they mark the item complete together (a video's vision and
+    audio), so one upsert (atomic in Qdrant) must carry all of them."""
+    start = 0
+    while start < len(records):
+        end = min(start + size, len(records))
+        while end < len(records) and _same_item_file_level(records[end - 1], records[end]):
+            end += 1
+        yield start, end
+        start = end
+
+
+def _same_item_file_level(a: EmbeddingRecord, b: EmbeddingRecord) -> bool:
+    return (a.payload.get("segment_index") == b.payload.get("segment_index") == FILE_LEVEL_INDEX
+            and a.payload.get("item_id") == b.payload.get("item_id"))
 
 
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:

@@ -137,3 +137,28 @@ def test_edge_adopts_a_collection_whose_catalog_entry_was_lost(tmp_path) -> None
             store.count()
         store.ensure_collection("m1", POLICY)
         assert store.count() == 4
+
+
+def test_an_items_file_level_points_go_in_one_upsert(tmp_path, monkeypatch) -> None:
+    """They mark the item complete together: a crash between two upserts must not leave a
+    video's audio file-level point without its vision one (the item would look complete)."""
+    from store_helpers import POLICY, file_level, random_unit, record, settings_for
+
+    from search.store import open_store
+
+    rng = np.random.default_rng(3)
+    with open_store(settings_for("edge", tmp_path, upsert_batch=2)) as store:
+        store.ensure_collection("m1", POLICY)
+        calls: list[list[str]] = []
+        real = store.backend.upsert
+        monkeypatch.setattr(store.backend, "upsert", lambda name, ids, v, p: (
+            calls.append([q["modality"] + str(q["segment_index"]) for q in p]),
+            real(name, ids, v, p))[1])
+        store.write([record("v", 0, random_unit(rng), kind="video", modality="audio"),
+                     file_level("v", random_unit(rng), kind="video", modality="audio"),
+                     file_level("v", random_unit(rng), kind="video", modality="vision"),
+                     record("w", 0, random_unit(rng)),
+                     file_level("w", random_unit(rng))])
+        # Batches of 2 would split v's file-level pair; the span grows by one instead.
+        assert calls == [["audio0", "audio-1", "vision-1"], ["vision0", "vision-1"]]
+        assert store.count() == 5
