@@ -81,7 +81,10 @@ class VectorStore:
         elif self._spec(name)["dim"] != dim:
             raise ValueError(f"collection {name} holds {self._spec(name)['dim']}-d vectors, "
                              f"not {dim}-d")
-        if self.backend.get_alias(self.alias) is None:
+        current = self.backend.get_alias(self.alias)
+        # An alias behind which nothing was ever written (say, a first run that failed
+        # before writing) is not worth keeping: point it at the collection now in use.
+        if current is None or (current != name and self.backend.count(current, None) == 0):
             self.backend.set_alias(self.alias, name)
         self._target = name
         return name

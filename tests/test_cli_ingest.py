@@ -54,3 +54,18 @@ def test_user_errors_exit_non_zero_with_one_line(env, tmp_path, capsys, argv, me
     _, err = capsys.readouterr()
     assert code == 2
     assert "mediabind ingest: error:" in err and message in err
+
+
+def test_a_failed_first_run_does_not_pin_the_alias(env, tmp_path, capsys) -> None:
+    """A missing source creates nothing; a run that wrote nothing (no checkpoint for the
+    default preset) leaves an empty collection that the next real ingest takes over."""
+    from search.store import open_store
+
+    assert main(["ingest", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "home" / "qdrant").exists()
+    assert main(["ingest", str(env)]) == 2  # imagebind_huge: no checkpoint here
+    assert main(["ingest", str(env), "--preset", "imagebind_tiny"]) == 0
+    _, err = capsys.readouterr()
+    assert "note: searches through" not in err
+    with open_store() as store:
+        assert store.collection_info()["model_id"].startswith("imagebind_tiny")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from embed_workers.report import Progress, RunReport
@@ -43,13 +44,39 @@ def run(args: argparse.Namespace) -> int:
         model_id = preset_model_id(settings.preset)
     except KeyError as exc:  # an unknown preset is a user error, not a crash
         raise ValueError(exc.args[0]) from None
+    check_source(args.source)  # before anything is created in the store
+    check_weights(settings)
     with open_store(settings) as store:
-        store.ensure_collection(model_id, settings.policy)
+        target = store.ensure_collection(model_id, settings.policy)
         report = run_ingest(args.source, store, settings=settings, executor=args.executor,
                             run_id=args.run_id, manifest=args.manifest,
                             progress=ProgressLine())
+        searched = store.backend.get_alias(settings.collection)
     print_report(report, settings, as_json=args.json)
+    if searched != target:
+        print(f"note: searches through {settings.collection!r} use {searched}, not {target} "
+              f"where this run wrote ({model_id}, {settings.policy.policy_id}); search it with "
+              "the same preset and policy after a reembed, or use another "
+              "MEDIABIND_COLLECTION for it", file=sys.stderr)
     return 0
+
+
+def check_weights(settings: Settings) -> None:
+    """Find (or, with the licence accepted, download) the checkpoint before the run
+    starts: without it every file would be rejected with the same message."""
+    from embed_workers.model import get_preset, resolve_checkpoint
+
+    preset = get_preset(settings.preset)
+    if preset.needs_checkpoint:
+        resolve_checkpoint(preset, settings, settings.checkpoint)
+
+
+def check_source(source: str) -> None:
+    """A local source must exist; URLs are checked when they are opened."""
+    if "://" not in source or source.startswith("file://"):
+        path = Path(source.removeprefix("file://")).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"source not found: {path}")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
