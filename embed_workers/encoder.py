@@ -1,8 +1,11 @@
 """``Encoder``: segments or query inputs → unit vectors, with the model loaded once per process.
 
-Preprocessing (``embed_workers.preprocess``) runs on the calling thread's CPU;
-the model runs under ``torch.inference_mode`` on the chosen device (bf16
-autocast on CUDA by default). Each modality's tower is built the first time it
+``encode_segments`` and ``encode`` preprocess (``embed_workers.preprocess``) on
+the calling thread's CPU; the pipeline instead preprocesses in its decode
+workers and hands ``encode_prepared`` ready tensors, so the encoding thread
+only stacks them and runs the model. The model runs under
+``torch.inference_mode`` on the chosen device (bf16 autocast on CUDA by
+default). Each modality's tower is built the first time it
 is needed and shared by every Encoder of the process with the same preset,
 device, dtype and checkpoint, so a worker never holds the weights twice.
 """
@@ -27,10 +30,13 @@ from embed_workers.model import (
     resolve_dtype,
 )
 from embed_workers.model.imagebind import VIEWS_NDIM
+from embed_workers.prepare import Prepared, from_wire
 from schemas import Kind, Modality, Segment, Settings, get_settings, spec
 
 # (modality, kind, data, label for errors): one input, whatever it came from.
 _Item = tuple[Modality, Kind, Any, str]
+# (modality, layout name): inputs with equal keys share a model batch.
+_BatchKey = tuple[Modality, str]
 _ModelKey = tuple[str, Modality, str, torch.dtype, str | None]
 
 _MODELS: dict[_ModelKey, ImageBindModel] = {}
@@ -96,6 +102,12 @@ class Encoder:
                  for i, x in enumerate(inputs)]
         return self._encode_items(items)
 
+    def encode_prepared(self, inputs: Sequence[Prepared]) -> np.ndarray:
+        """Inputs preprocessed elsewhere (``prepare.Preparer``) → float32 [N,1024], row i for
+        inputs[i]; batched exactly as ``encode_segments`` batches the same segments."""
+        keys = [(self._allowed(Modality(p.segment.modality)), p.layout) for p in inputs]
+        return self._encode_tensors(keys, [p.tensor for p in inputs])
+
     def encode_batch(self, modality: Modality | str, batch: torch.Tensor) -> np.ndarray:
         """A ready model batch (``preprocess.stack_inputs``) → float32 [N,1024] unit vectors."""
         modality = self._allowed(Modality(modality))
@@ -111,11 +123,15 @@ class Encoder:
     # --- internals ---------------------------------------------------------------------
 
     def _encode_items(self, items: Sequence[_Item]) -> np.ndarray:
-        out = np.empty((len(items), self.dim), dtype=np.float32)
         tensors = [self._prepare(item) for item in items]  # every input checked before any compute
-        for rows in self._batches(items, tensors):
-            modality = items[rows[0]][0]
-            out[rows] = self.encode_batch(modality, torch.stack([tensors[r] for r in rows]))
+        keys = [(modality, pp.input_spec(modality, kind).name) for modality, kind, _d, _l in items]
+        return self._encode_tensors(keys, tensors)
+
+    def _encode_tensors(self, keys: Sequence[_BatchKey], tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        for rows in self._batches(keys, tensors):
+            batch = from_wire(torch.stack([tensors[r] for r in rows]))
+            out[rows] = self.encode_batch(keys[rows[0]][0], batch)
         return out
 
     def _prepare(self, item: _Item) -> torch.Tensor:
@@ -126,15 +142,14 @@ class Encoder:
         except ValueError as error:
             raise ValueError(f"{label}: {error}") from error
 
-    def _batches(self, items: Sequence[_Item], tensors: Sequence[torch.Tensor]) -> Iterator[list[int]]:
+    def _batches(self, keys: Sequence[_BatchKey], tensors: Sequence[torch.Tensor]) -> Iterator[list[int]]:
         """Row indices per model call: grouped by layout (first seen first), cut by batch size."""
-        groups: dict[str, list[int]] = {}
-        for row, (modality, kind, _data, _label) in enumerate(items):
-            groups.setdefault(pp.input_spec(modality, kind).name, []).append(row)
-        for rows in groups.values():
-            first = rows[0]
-            views = _views_per_item(tensors[first])
-            size = max(1, self.batch_sizes[items[first][0]] // views)
+        groups: dict[_BatchKey, list[int]] = {}
+        for row, key in enumerate(keys):
+            groups.setdefault(key, []).append(row)
+        for (modality, _layout), rows in groups.items():
+            views = _views_per_item(tensors[rows[0]])
+            size = max(1, self.batch_sizes[modality] // views)
             for start in range(0, len(rows), size):
                 yield rows[start : start + size]
 

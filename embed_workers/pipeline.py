@@ -1,13 +1,16 @@
-"""The pipeline: source → plan → decode → encode → store, the same under every executor.
+"""The pipeline: source → plan → decode + preprocess → encode → store, under every executor.
 
 ``run_ingest`` is the public entry point (CLI and flows call it). The pieces
 here are the functions both executors share, so local and Ray give the same
 points: ``decode_events`` (one item → its segments, rejections, and an
-end-of-item marker), ``encode_safely`` (a batch → vectors, with a per-segment
-retry so one bad segment rejects one item, not a batch), ``RecordBuilder``
-(segments → ``EmbeddingRecord``; the file-level point = mean of the item's
-segment vectors per modality, renormalised) and ``KeyedBatcher`` (batches per
-modality, flushed when full or when their oldest entry has waited too long).
+end-of-item marker), ``prepare_events`` (each segment → its model tensor, run
+in the same decode worker, so CPU preprocessing never sits on the encoder's
+thread), ``encode_prepared`` (a batch of ready tensors → vectors, with a
+per-segment retry so one bad segment rejects one item, not a batch),
+``RecordBuilder`` (segments → ``EmbeddingRecord``; the file-level point = mean
+of the item's segment vectors per modality, renormalised) and ``KeyedBatcher``
+(batches per modality, flushed when full or when their oldest entry has waited
+too long).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -41,6 +44,7 @@ from schemas.payload import build_payload
 
 if TYPE_CHECKING:
     from embed_workers.encoder import Encoder
+    from embed_workers.prepare import Prepared, Preparer
     from embed_workers.report import ProgressCallback, RunReport
 
 # Kinds whose duration is probed (payload duration_s, report media seconds).
@@ -102,6 +106,7 @@ class ItemDecoded:
     counts: dict[str, int]
     decode_s: float
     failed: bool = False  # the decoder raised: never mark this item complete
+    prepare_s: float = 0.0  # preprocessing its segments (set by ``prepare_events``)
 
 
 DecodeEvent = ItemStarted | Segment | Rejected | ItemDecoded
@@ -171,38 +176,98 @@ def count_tokens_fn() -> Callable[[str], int]:
     return count_tokens
 
 
+# --- preprocess (in the decode workers) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unprepared:
+    """A segment its preprocessing refused: rejects its item and settles one ``modality`` segment."""
+
+    rejected: Rejected
+    modality: str
+
+
+if TYPE_CHECKING:
+    PreparedEvent = ItemStarted | Prepared | Unprepared | Rejected | ItemDecoded
+
+
+def prepare_events(events: Iterable[DecodeEvent], preparer: Preparer) -> Iterator[PreparedEvent]:
+    """One item's decode events with every Segment made model-ready, on the caller's thread.
+
+    The executors run this in their decode workers. A refused input becomes
+    ``Unprepared`` (an EMBED rejection, as when the encoder preprocessed);
+    the time spent goes into the item's ``ItemDecoded.prepare_s``.
+    """
+    spent = 0.0
+    for event in events:
+        if isinstance(event, Segment):
+            started = time.perf_counter()
+            prepared = prepare_segment(event, preparer)
+            spent += time.perf_counter() - started  # not the time a full queue holds the yield
+            yield prepared
+        elif isinstance(event, ItemDecoded):
+            yield replace(event, prepare_s=event.prepare_s + spent)
+        else:
+            yield event
+
+
+def prepare_segment(segment: Segment, preparer: Preparer) -> Prepared | Unprepared:
+    try:
+        return preparer(segment)
+    except Exception as exc:  # a bad input rejects its item, never the run
+        return Unprepared(_segment_rejection(segment, exc), Modality(segment.modality).value)
+
+
+def _segment_rejection(segment: Segment, exc: BaseException) -> Rejected:
+    reason = f"segment {segment.modality}#{segment.index}: {_describe(exc)}"
+    return Rejected(segment.item_id, "", Stage.EMBED, reason)
+
+
 # --- encode -----------------------------------------------------------------------------------
 
+T = TypeVar("T")
+Encoded = tuple[list[Segment], np.ndarray, list[Rejected]]
 
-def encode_safely(encoder: Encoder, segments: Sequence[Segment],
-                  ) -> tuple[list[Segment], np.ndarray, list[Rejected]]:
-    """Encode a batch; if it fails, retry one by one so only the bad segments are rejected.
 
-    Returns the segments that encoded, their vectors (same order) and the
-    rejections (``uri`` left empty: the caller knows the item's location).
+def encode_prepared(encoder: Encoder, batch: Sequence[Prepared]) -> Encoded:
+    """Encode prepared inputs (stack + model only); a failure is retried one by one.
+
+    Returns the segments (metadata only) that encoded, their vectors (same
+    order) and the rejections (``uri`` left empty: the caller knows it).
     """
+    return _encode_or_split(list(batch), encoder.encode_prepared, lambda p: p.segment)
+
+
+def encode_safely(encoder: Encoder, segments: Sequence[Segment]) -> Encoded:
+    """As ``encode_prepared``, for raw segments (preprocessed on this thread)."""
+    return _encode_or_split(list(segments), encoder.encode_segments, lambda s: s)
+
+
+def _encode_or_split(batch: list[T], encode: Callable[[list[T]], np.ndarray],
+                     segment_of: Callable[[T], Segment]) -> Encoded:
+    """Encode a batch; if it fails, retry one by one so only the bad inputs are rejected."""
     try:
-        return list(segments), _checked(encoder.encode_segments(list(segments))), []
+        return [segment_of(x) for x in batch], _checked(encode(batch)), []
     except Exception:
-        if len(segments) == 1:
-            return _encode_one(encoder, segments[0])
+        if len(batch) == 1:
+            return _encode_one(batch[0], encode, segment_of)
     kept: list[Segment] = []
     vectors: list[np.ndarray] = []
     rejected: list[Rejected] = []
-    for segment in segments:
-        ok, vec, rej = _encode_one(encoder, segment)
+    for x in batch:
+        ok, vec, rej = _encode_one(x, encode, segment_of)
         kept += ok
         vectors += list(vec)
         rejected += rej
     return kept, np.asarray(vectors, dtype=np.float32).reshape(len(kept), -1), rejected
 
 
-def _encode_one(encoder: Encoder, segment: Segment) -> tuple[list[Segment], np.ndarray, list[Rejected]]:
+def _encode_one(x: T, encode: Callable[[list[T]], np.ndarray],
+                segment_of: Callable[[T], Segment]) -> Encoded:
     try:
-        return [segment], _checked(encoder.encode_segments([segment])), []
+        return [segment_of(x)], _checked(encode([x])), []
     except Exception as exc:
-        reason = f"segment {segment.modality}#{segment.index}: {_describe(exc)}"
-        return [], np.zeros((0, 0), np.float32), [Rejected(segment.item_id, "", Stage.EMBED, reason)]
+        return [], np.zeros((0, 0), np.float32), [_segment_rejection(segment_of(x), exc)]
 
 
 def _checked(vectors: np.ndarray) -> np.ndarray:

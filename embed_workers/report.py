@@ -31,7 +31,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
 
 
-STAGES = ("source", "decode", "encode", "store")
+STAGES = ("source", "decode", "preprocess", "encode", "store")
 
 
 @dataclass(frozen=True, slots=True)

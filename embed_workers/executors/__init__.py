@@ -1,9 +1,12 @@
 """Executors decide placement only: where decode and encode run (DESIGN.md §5).
 
 Both take a ``RunContext`` and drive the same functions of
-``embed_workers.pipeline``; the ``Collector`` (driver side) turns their
-events into stored points and the run report. ``ray`` is imported only when
-chosen, so the local path never needs Ray.
+``embed_workers.pipeline``. Preprocessing belongs to decode: the decode
+workers (local: the decode threads; Ray: the decode tasks) turn each segment
+into its model tensor (``prepare_events``), and the encoder only stacks
+tensors and runs the model (``encode_prepared``). The ``Collector`` (driver
+side) turns their events into stored points and the run report. ``ray`` is
+imported only when chosen, so the local path never needs Ray.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The driver side of a run, shared by every executor.
 
 Events arrive in any order across items (Ray gives no order; local threads
-interleave): planning decisions, item starts, encoded segments, rejections
-and end-of-decode markers. The collector holds an item's segment records
+interleave): planning decisions, item starts, encoded segments (metadata only:
+the decode workers preprocessed them and the encoder kept the tensors),
+rejections and end-of-decode markers. The collector holds an item's segment records
 (vectors are small: 4 KB each) until its decode has ended and every segment
 it announced is encoded or rejected. A clean item is then written: segments
 first, file-level points after them — so a file-level point in the store
@@ -142,6 +143,7 @@ class Collector:
         state.expected = dict(event.counts)
         state.failed = state.failed or event.failed
         self.report.add_stage_time("decode", event.decode_s)
+        self.report.add_stage_time("preprocess", event.prepare_s)
         if state.release is not None:
             state.release()
         self._maybe_finish(event.item_id)

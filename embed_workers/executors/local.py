@@ -1,12 +1,17 @@
 """The local executor: one process, decode threads ahead of the encoding main thread.
 
     feeder thread ──todo (bounded)──► decode threads ──events (bounded)──► main thread
-    (list, hash, plan)                 (decode_events)                      (batch per modality,
-                                                                             encode, write)
+    (list, hash, plan)                 (decode_events,                      (batch per modality,
+                                        prepare_events)                      stack + model, write)
 
-Bounded queues are the backpressure: decoders wait when the model falls
-behind, the feeder waits when decoders do, so memory and spooled disk stay
-flat whatever the archive's size. The model lives on the main thread only.
+Decode threads also preprocess: each segment leaves them as a ``Prepared``
+model tensor (resize/crop/normalise, fbank, tokens), so the encoding side
+only stacks tensors and runs the model, and a GPU is not left waiting on
+CPU work. Bounded queues are the backpressure: decoders wait when the model
+falls behind, the feeder waits when decoders do, so memory and spooled disk
+stay flat whatever the archive's size. The events queue is bounded twice: by
+count, and by the bytes of the tensors in it (a 3-crop clip is 3.6 MB in
+float32, seven times its frames). The model lives on the main thread only.
 """
 
 from __future__ import annotations
@@ -27,15 +32,21 @@ from embed_workers.pipeline import (
     ItemDecoded,
     ItemStarted,
     KeyedBatcher,
+    Unprepared,
     count_tokens_fn,
     decode_events,
-    encode_safely,
+    encode_prepared,
+    prepare_events,
 )
+from embed_workers.prepare import Prepared, Preparer
 from ingest.plan import PlannedEntry
-from schemas import MediaItem, Modality, Rejected, Segment, spec
+from schemas import MediaItem, Modality, Rejected, spec
 
 POLL_S = 0.2
 EVENTS_PER_WORKER = 64
+# Tensor bytes the events queue may hold per decode thread: ~9 float32 3-crop clips, or
+# a few hundred audio windows; enough to fill the next batch while one is encoded.
+TENSOR_BYTES_PER_WORKER = 32 * 2**20
 MAX_BATCH_WAIT_S = 2.0
 
 
@@ -68,6 +79,33 @@ class Stop:
         return False, None
 
 
+class TensorBudget:
+    """Bytes of prepared tensors in the events queue: decoders take, the consumer gives back.
+
+    The consumer never waits on it (it gives back as it dequeues), so it cannot
+    deadlock; a tensor bigger than the whole budget still passes when the queue
+    holds none.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._changed = threading.Condition()
+
+    def take(self, nbytes: int, stop: threading.Event) -> bool:
+        with self._changed:
+            while self.used and self.used + nbytes > self.limit:
+                if stop.is_set():
+                    return False
+                self._changed.wait(POLL_S)
+            self.used += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self._changed:
+            self.used -= nbytes
+            self._changed.notify_all()
+
+
 def run_local(ctx: RunContext) -> None:
     encoder = ctx.encoder or ctx.encoder_args.build(ctx.settings)
     _check_model(encoder.model_id, ctx.model_id)
@@ -76,11 +114,14 @@ def run_local(ctx: RunContext) -> None:
     todo: queue.Queue[Any] = queue.Queue(maxsize=workers)
     events: queue.Queue[Any] = queue.Queue(maxsize=EVENTS_PER_WORKER * workers)
     stop = Stop()
+    budget = TensorBudget(TENSOR_BYTES_PER_WORKER * workers)
+    preparer = Preparer.for_model(encoder.options, encoder.dtype)  # the encoder's own recipe
     threads = [_thread(_feed_todo, stream, todo, events, stop, workers)]
-    threads += [_thread(_decode_worker, ctx, todo, events, stop) for _ in range(workers)]
+    threads += [_thread(_decode_worker, ctx, preparer, budget, todo, events, stop)
+                for _ in range(workers)]
     collector = Collector(ctx)
     try:
-        _consume(ctx, encoder, collector, events, stop, producers=len(threads))
+        _consume(ctx, encoder, collector, events, stop, budget, producers=len(threads))
         collector.close()
     finally:
         stop.event.set()
@@ -111,31 +152,46 @@ def _feed_todo(stream: Iterator[PlannedEntry], todo: queue.Queue[Any], events: q
             stop.put(todo, None)
 
 
-def _decode_worker(ctx: RunContext, todo: queue.Queue[Any], events: queue.Queue[Any],
-                   stop: Stop) -> None:
-    """Decode entries until the feeder's end marker; the spooled file is released after."""
+def _decode_worker(ctx: RunContext, preparer: Preparer, budget: TensorBudget,
+                   todo: queue.Queue[Any], events: queue.Queue[Any], stop: Stop) -> None:
+    """Decode and preprocess entries until the feeder's end marker; spooled files are released."""
     try:
         count_tokens = count_tokens_fn()
         while True:
             ok, planned = stop.get(todo)
             if not ok or planned is None:
                 break
-            _decode_one(ctx, planned, events, stop, count_tokens)
+            _decode_one(ctx, planned, _Outbox(events, stop, budget), preparer, count_tokens)
     except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
         stop.put(events, Failure(exc))
     finally:
         stop.put(events, DecoderDone())
 
 
-def _decode_one(ctx: RunContext, planned: PlannedEntry, events: queue.Queue[Any], stop: Stop,
+@dataclass(frozen=True, slots=True)
+class _Outbox:
+    """A decode thread's way onto the events queue: tensors pay into the byte budget first."""
+
+    events: queue.Queue[Any]
+    stop: Stop
+    budget: TensorBudget
+
+    def put(self, event: Any) -> bool:
+        if isinstance(event, Prepared) and not self.budget.take(event.nbytes, self.stop.event):
+            return False
+        return self.stop.put(self.events, event)
+
+
+def _decode_one(ctx: RunContext, planned: PlannedEntry, outbox: _Outbox, preparer: Preparer,
                 count_tokens: Callable[[str], int]) -> None:
     entry = planned.entry
     try:
-        if not stop.put(events, entry.item):
+        if not outbox.put(entry.item):
             return
-        for event in decode_events(entry.item, entry.path, ctx.settings.policy, ctx.settings,
-                                   count_tokens):
-            if not stop.put(events, event):
+        decoded = decode_events(entry.item, entry.path, ctx.settings.policy, ctx.settings,
+                                count_tokens)
+        for event in prepare_events(decoded, preparer):
+            if not outbox.put(event):
                 return
     finally:
         entry.release()
@@ -157,19 +213,20 @@ def _release_waiting(todo: queue.Queue[Any]) -> None:
 class _Consumer:
     """Dispatches events by type (a registry, not a branch chain) and owns the batcher.
 
-    Batches are encoded on ``encode_threads`` threads: the Encoder preprocesses
-    on the calling thread's CPU, so with one thread a GPU idles while the next
-    batch is resized and cropped. Results come back to this thread in any
-    order (the collector does not care); at most twice the thread count are
-    in flight, which bounds memory.
+    Inputs arrive preprocessed; batches are stacked and encoded on
+    ``encode_threads`` threads, so on a GPU one batch's stacking, host→device
+    copy and result read-back overlap another's compute. Results come back to
+    this thread in any order (the collector does not care); at most twice the
+    thread count are in flight, which bounds memory.
     """
 
-    def __init__(self, ctx: RunContext, encoder: Any, collector: Collector) -> None:
-        self.ctx, self.encoder, self.collector = ctx, encoder, collector
+    def __init__(self, ctx: RunContext, encoder: Any, collector: Collector,
+                 budget: TensorBudget) -> None:
+        self.ctx, self.encoder, self.collector, self.budget = ctx, encoder, collector, budget
         self.threads = encode_threads(ctx.settings.encode_threads, encoder)
         self.pool = ThreadPoolExecutor(self.threads, "encode") if self.threads > 1 else None
         self.pending: deque[tuple[Modality, Future[Any]]] = deque()
-        self.batcher: KeyedBatcher[Modality, Segment] = KeyedBatcher(
+        self.batcher: KeyedBatcher[Modality, Prepared] = KeyedBatcher(
             lambda m: spec(m).batch_size, MAX_BATCH_WAIT_S)
         self.live = 0
         self.handlers: dict[type, Callable[[Any], None]] = {
@@ -178,7 +235,8 @@ class _Consumer:
             ItemStarted: collector.started,
             Rejected: collector.rejected,
             ItemDecoded: collector.decoded,
-            Segment: self._segment,
+            Prepared: self._prepared,
+            Unprepared: self._unprepared,
             FeedDone: self._feed_done,
             DecoderDone: self._producer_done,
             Failure: self._failure,
@@ -187,9 +245,13 @@ class _Consumer:
     def handle(self, event: Any) -> None:
         self.handlers[type(event)](event)
 
-    def _segment(self, segment: Segment) -> None:
-        for key, batch in self.batcher.add(Modality(segment.modality), segment):
+    def _prepared(self, prepared: Prepared) -> None:
+        self.budget.give(prepared.nbytes)  # out of the queue; the batcher's own bound holds it now
+        for key, batch in self.batcher.add(Modality(prepared.segment.modality), prepared):
             self.encode(key, batch)
+
+    def _unprepared(self, event: Unprepared) -> None:
+        self.collector.rejected(event.rejected, modality=event.modality)
 
     def _feed_done(self, event: FeedDone) -> None:
         self.ctx.report.add_stage_time("source", event.seconds)
@@ -201,7 +263,7 @@ class _Consumer:
     def _failure(self, event: Failure) -> None:
         raise event.error
 
-    def encode(self, modality: Modality, batch: list[Segment]) -> None:
+    def encode(self, modality: Modality, batch: list[Prepared]) -> None:
         if self.pool is None:
             self._apply(modality, _timed_encode(self.encoder, batch))
             return
@@ -233,22 +295,22 @@ class _Consumer:
 
 
 def encode_threads(configured: int, encoder: Any) -> int:
-    """0 = auto: overlap preprocessing with the GPU on CUDA; on a CPU, torch threads already."""
+    """0 = auto: overlap stacking and copies with the GPU on CUDA; on a CPU, torch threads already."""
     if configured:
         return configured
     device = getattr(encoder, "device", None)
     return 4 if getattr(device, "type", str(device)) == "cuda" else 1
 
 
-def _timed_encode(encoder: Any, batch: list[Segment]) -> tuple[Any, ...]:
+def _timed_encode(encoder: Any, batch: list[Prepared]) -> tuple[Any, ...]:
     started = time.perf_counter()
-    kept, vectors, rejected = encode_safely(encoder, batch)
+    kept, vectors, rejected = encode_prepared(encoder, batch)
     return kept, vectors, rejected, time.perf_counter() - started
 
 
 def _consume(ctx: RunContext, encoder: Any, collector: Collector, events: queue.Queue[Any],
-             stop: Stop, producers: int) -> None:
-    consumer = _Consumer(ctx, encoder, collector)
+             stop: Stop, budget: TensorBudget, producers: int) -> None:
+    consumer = _Consumer(ctx, encoder, collector, budget)
     consumer.live = producers
     try:
         while consumer.live > 0:

@@ -1,9 +1,16 @@
 """The Ray executor: Ray Data streaming, decode on CPU tasks, encode in an actor pool.
 
     driver feeder thread ─► work queue (Ray actor, bounded)
-        ─► read tasks = decode tasks (CPU; ``decode_events``; blocks per modality)
-        ─► map_batches(EncodeActor, compute=ActorPoolStrategy)  (model built once per actor)
+        ─► read tasks = decode tasks (CPU; ``decode_events`` then ``prepare_events``:
+           decoded and preprocessed; blocks of model tensors per modality)
+        ─► map_batches(EncodeActor, compute=ActorPoolStrategy)  (model built once per
+           actor; it only stacks the tensors and runs the model)
         ─► driver iterates the output and writes through the sink (the only store owner)
+
+Preprocessing (resize/crop/normalise, fbank, tokens) runs in the decode tasks,
+so a GPU actor never waits on CPU work. Vision tensors cross the object store
+as float16 when the model computes in bf16/fp16 (``prepare.wire_dtypes``);
+the actors send back vectors and segment metadata only.
 
 Listing and planning stay on the driver: the embedded store is locked to one
 process and the source may be a stream (a tar) that only one reader can walk.
@@ -26,13 +33,13 @@ import pickle
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import ray
+import torch
 from ray.data import ActorPoolStrategy, DataContext
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
@@ -41,14 +48,19 @@ from ray.util.queue import Empty, Full, Queue
 from embed_workers.executors import EncoderArgs, RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import Failure, FeedDone, feed, planned_stream
+from embed_workers.model import resolve_dtype
 from embed_workers.pipeline import (
     ItemDecoded,
     ItemStarted,
     KeyedBatcher,
+    Unprepared,
     count_tokens_fn,
     decode_events,
-    encode_safely,
+    encode_prepared,
+    prepare_events,
 )
+from embed_workers.prepare import Prepared, Preparer
+from embed_workers.preprocess import PreprocessOptions
 from ingest.plan import Action, PlannedEntry
 from schemas import Modality, Segment, Settings, spec
 
@@ -61,7 +73,9 @@ ROW_SCHEMA = pa.schema([
     ("item_id", pa.string()),
     ("modality", pa.string()),  # set for segments and for dropped (embed-rejected) segments
     ("duration_s", pa.float64()),
-    ("blob", pa.binary()),  # the pickled record (Segment / Rejected / ItemDecoded)
+    # the pickled record: Prepared (decode → actor), Segment metadata (actor → driver),
+    # Rejected or ItemDecoded
+    ("blob", pa.binary()),
     ("vector", pa.binary()),  # float32 bytes, after encoding
     ("encode_s", pa.float64()),
 ])
@@ -142,23 +156,25 @@ def _prepend(first: PlannedEntry, rest: Iterator[PlannedEntry]) -> Iterator[Plan
 class WorkQueueDatasource(Datasource):
     """``n`` read tasks that take items from the driver's work queue until an end marker."""
 
-    def __init__(self, work: Queue, tasks: int, settings: Settings) -> None:
+    def __init__(self, work: Queue, tasks: int, settings: Settings, preparer: Preparer) -> None:
         super().__init__()
-        self.work, self.tasks, self.settings = work, tasks, settings
+        self.work, self.tasks, self.settings, self.preparer = work, tasks, settings, preparer
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        work, settings = self.work, self.settings
+        work, settings, preparer = self.work, self.settings, self.preparer
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(lambda: decode_from_queue(work, settings), meta, schema=ROW_SCHEMA)
+        return [ReadTask(lambda: decode_from_queue(work, settings, preparer), meta,
+                         schema=ROW_SCHEMA)
                 for _ in range(self.tasks)]
 
 
-def decode_from_queue(work: Queue, settings: Settings) -> Iterator[pa.Table]:
-    """One decode task: items from the queue → blocks of one modality (plus markers)."""
+def decode_from_queue(work: Queue, settings: Settings, preparer: Preparer) -> Iterator[pa.Table]:
+    """One decode task: items from the queue → blocks of prepared inputs of one modality
+    (plus markers); decoding and preprocessing both run here."""
     count_tokens = count_tokens_fn()
     blocks = _BlockBuilder()
     while True:
@@ -170,7 +186,8 @@ def decode_from_queue(work: Queue, settings: Settings) -> Iterator[pa.Table]:
             break
         if job:
             item, path = job
-            for event in decode_events(item, Path(path), settings.policy, settings, count_tokens):
+            decoded = decode_events(item, Path(path), settings.policy, settings, count_tokens)
+            for event in prepare_events(decoded, preparer):
                 yield from blocks.add(event)
         yield from blocks.due()
     yield from blocks.drain()
@@ -188,15 +205,19 @@ class _BlockBuilder:
     def add(self, event: Any) -> Iterator[pa.Table]:
         if isinstance(event, ItemStarted):
             self.duration[event.item_id] = event.duration_s
-        elif isinstance(event, Segment):
-            row = _row("segment", event, Modality(event.modality).value,
-                       self.duration.get(event.item_id))
+        elif isinstance(event, Prepared):
+            segment = event.segment
+            row = _row("segment", segment.item_id, event, Modality(segment.modality).value,
+                       self.duration.get(segment.item_id))
             yield from self._tables(self.batcher.add(row["modality"], row))
+        elif isinstance(event, Unprepared):  # settles one segment of its modality
+            self.markers.append(_row("rejected", event.rejected.item_id, event.rejected,
+                                     event.modality, None))
         else:
             if isinstance(event, ItemDecoded):
                 self.duration.pop(event.item_id, None)
             self.markers.append(_row("decoded" if isinstance(event, ItemDecoded) else "rejected",
-                                     event, "", None))
+                                     event.item_id, event, "", None))
 
     def due(self) -> Iterator[pa.Table]:
         yield from self._tables(self.batcher.due())
@@ -217,17 +238,21 @@ class _BlockBuilder:
         return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _row(event: str, record: Any, modality: str, duration_s: float | None) -> dict[str, Any]:
-    return {"event": event, "item_id": record.item_id, "modality": modality,
-            "duration_s": duration_s, "blob": pickle.dumps(record), "vector": None,
-            "encode_s": None}
+def _row(event: str, item_id: str, record: Any, modality: str,
+         duration_s: float | None) -> dict[str, Any]:
+    return {"event": event, "item_id": item_id, "modality": modality,
+            "duration_s": duration_s, "blob": pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),
+            "vector": None, "encode_s": None}
 
 
 # --- encode actors ------------------------------------------------------------------------
 
 
 class EncodeActor:
-    """Builds the Encoder once per actor; encodes segment rows per modality, passes markers.
+    """Builds the Encoder once per actor; encodes prepared rows per modality, passes markers.
+
+    Rows arrive preprocessed (``Prepared``): the actor stacks and runs the
+    model, and sends back each segment's metadata with its vector.
 
     An encoder handed to ``run_ingest`` is shipped to the actors as is (fine for
     small models; for large ones leave it to the actors to load their own).
@@ -253,18 +278,13 @@ class EncodeActor:
     def _encode(self, modality: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         duration = {r["item_id"]: r["duration_s"] for r in rows}
         started = time.perf_counter()
-        kept, vectors, rejected = encode_safely(self.encoder, [pickle.loads(r["blob"]) for r in rows])
+        kept, vectors, rejected = encode_prepared(self.encoder, [pickle.loads(r["blob"]) for r in rows])
         spent = time.perf_counter() - started
-        out = [{**_row("segment", _without_data(s), modality, duration[s.item_id]),
+        out = [{**_row("segment", s.item_id, s, modality, duration[s.item_id]),
                 "vector": v.astype(np.float32).tobytes()} for s, v in zip(kept, vectors, strict=True)]
-        out += [_row("rejected", r, modality, None) for r in rejected]
+        out += [_row("rejected", r.item_id, r, modality, None) for r in rejected]
         out[0]["encode_s"] = spent
         return out
-
-
-def _without_data(segment: Segment) -> Segment:
-    """Arrays stay in the actor; text chunks go back (they are the payload's ``text``)."""
-    return segment if isinstance(segment.data, str) else replace(segment, data=np.zeros(0, np.uint8))
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -299,7 +319,7 @@ def _dataset(ctx: RunContext, work: Queue) -> ray.data.Dataset:
                                        settings.decode_workers, settings.encode_actors)
     here = ray.get_runtime_context().get_node_id()
     ds = ray.data.read_datasource(
-        WorkQueueDatasource(work, settings.decode_workers, settings),
+        WorkQueueDatasource(work, settings.decode_workers, settings, preparer_for(ctx, gpus)),
         override_num_blocks=settings.decode_workers, num_cpus=decode_cpu,
         label_selector={"ray.io/node-id": here})
     return ds.map_batches(
@@ -307,6 +327,16 @@ def _dataset(ctx: RunContext, work: Queue) -> ray.data.Dataset:
         batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.encode_actors),
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else actor_cpu)
+
+
+def preparer_for(ctx: RunContext, gpus: bool) -> Preparer:
+    """The recipe the actors' Encoder uses, and the compute dtype it will run in."""
+    if ctx.encoder is not None:  # shipped to the actors as is
+        return Preparer.for_model(ctx.encoder.options, ctx.encoder.dtype)
+    settings = ctx.settings
+    device = torch.device("cuda" if gpus else "cpu")
+    return Preparer.for_model(PreprocessOptions(video_crops=settings.video_crops),
+                              resolve_dtype(settings.dtype, device))
 
 
 def _handle(collector: Collector, table: pa.Table) -> None:
