@@ -48,12 +48,15 @@ def test_ingest_prints_report_json_and_exits_zero_despite_rejections(env, tmp_pa
     (["ingest", "{tmp}", "--preset", "no_such_model"], "unknown model preset"),
     (["ingest", "{tmp}", "--preset", "imagebind_tiny", "--manifest", "{tmp}/none.csv"],
      "manifest not found"),
+    (["ingest", "{tmp}", "--preset", "imagebind_tiny", "--run-id", "../escaped"],
+     "invalid run id"),
 ])
 def test_user_errors_exit_non_zero_with_one_line(env, tmp_path, capsys, argv, message) -> None:
     code = main([a.format(tmp=tmp_path) for a in argv])
     _, err = capsys.readouterr()
     assert code == 2
     assert "mediabind ingest: error:" in err and message in err
+    assert not (tmp_path / "escaped").exists()
 
 
 def test_a_failed_first_run_does_not_pin_the_alias(env, tmp_path, capsys) -> None:

@@ -12,6 +12,7 @@ imported only when chosen, so the local path never needs Ray.
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -77,13 +78,36 @@ def make_context(source: str, sink: PointSink, *, settings: Settings, executor: 
 
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; expected one of: {', '.join(EXECUTORS)}")
+    check_run_id(run_id)
     args = encoder_args_for(settings, encoder)
+    if encoder is None:
+        check_weights(args.preset, args.checkpoint, settings)
     model_id = encoder.model_id if encoder is not None else preset_model_id(args.preset)
     policy = settings.policy
     report = RunReport(run_id, source, executor, model_id, policy.policy_id)
     return RunContext(source, LockedSink(sink), settings, executor, run_id, manifest, encoder,
                       args, RecordBuilder(model_id, policy, run_id), report,
                       ProgressMeter(progress, count_source_items(source)))
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_id(run_id: str) -> None:
+    """Run ids name a folder under runs_dir: no separators, no '..', nothing absolute."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"invalid run id {run_id!r}: use 1-100 letters, digits, '.', '_' or "
+                         "'-', starting with a letter or digit")
+
+
+def check_weights(preset_name: str, checkpoint: str | None, settings: Settings) -> None:
+    """Find (or, with the licence accepted, download) the checkpoint before the run
+    starts: without it every file would be rejected with the same message."""
+    from embed_workers.model import get_preset, resolve_checkpoint
+
+    preset = get_preset(preset_name)
+    if preset.needs_checkpoint:
+        resolve_checkpoint(preset, settings, checkpoint)
 
 
 def encoder_args_for(settings: Settings, encoder: Encoder | None) -> EncoderArgs:

@@ -35,8 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from embed_workers.executors import preset_model_id
-    from embed_workers.pipeline import run_ingest
+    from embed_workers.executors import check_run_id, check_weights, preset_model_id
+    from embed_workers.pipeline import new_run_id, run_ingest
     from search.store import open_store
 
     settings = settings_from(args)
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:  # an unknown preset is a user error, not a crash
         raise ValueError(exc.args[0]) from None
     check_source(args.source)  # before anything is created in the store
-    check_weights(settings)
+    check_run_id(args.run_id or new_run_id())
+    check_weights(settings.preset, settings.checkpoint and str(settings.checkpoint), settings)
     with open_store(settings) as store:
         target = store.ensure_collection(model_id, settings.policy)
         report = run_ingest(args.source, store, settings=settings, executor=args.executor,
@@ -59,16 +60,6 @@ def run(args: argparse.Namespace) -> int:
               "the same preset and policy after a reembed, or use another "
               "MEDIABIND_COLLECTION for it", file=sys.stderr)
     return 0
-
-
-def check_weights(settings: Settings) -> None:
-    """Find (or, with the licence accepted, download) the checkpoint before the run
-    starts: without it every file would be rejected with the same message."""
-    from embed_workers.model import get_preset, resolve_checkpoint
-
-    preset = get_preset(settings.preset)
-    if preset.needs_checkpoint:
-        resolve_checkpoint(preset, settings, settings.checkpoint)
 
 
 def check_source(source: str) -> None:
