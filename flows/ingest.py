@@ -26,7 +26,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.locks import source_key, source_lock, source_slot
 from ingest.sources import normalise_source
-from schemas import Settings, collection_name
+from schemas import FILE_LEVEL_INDEX, Settings, collection_name
 
 # I/O stages retry with exponential backoff (2, 4, 8 s, jittered); user errors do not.
 IO_RETRIES = 3
@@ -130,12 +130,36 @@ def summarise(report: Mapping[str, Any], plan: Mapping[str, str], path: str) -> 
 
 
 def ingest_under_locks(source: str, overrides: Overrides, manifest: str | None) -> dict[str, Any]:
-    """plan → run → finalise while holding the source's slot and file lock."""
+    """plan → run → finalise while holding the source's slot and file lock; a manifest
+    that served a run is recorded for the source (``reembed`` replays it)."""
     settings = settings_for(overrides)
     with source_slot(source), source_lock(settings, source):
         plan = plan_stage(source, overrides)
         paths = run_stage(source, overrides, plan["run_id"], manifest)
+        if manifest is not None:
+            record_manifest(settings, source, manifest)
         return finalise_stage(source, plan, paths)
+
+
+def manifest_record_path(settings: Settings, source: str) -> Path:
+    return settings.home / "manifests" / f"{source_key(source)}.json"
+
+
+def record_manifest(settings: Settings, source: str, manifest: str) -> None:
+    """Remember the last manifest given for ``source`` (one small JSON per source, written
+    under the source's lock, so runs of other sources never race on it)."""
+    path = manifest_record_path(settings, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"source": source, "manifest": str(Path(manifest).expanduser().resolve())}
+    path.write_text(json.dumps(record), encoding="utf-8")
+
+
+def recorded_manifest(settings: Settings, source: str) -> str | None:
+    """The manifest last used to ingest ``source`` (None: it was ingested without one)."""
+    path = manifest_record_path(settings, source)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["manifest"]
 
 
 @flow(name="ingest-archive", log_prints=True)
@@ -145,7 +169,9 @@ def ingest_archive(source: str, collection: str | None = None, executor: str = "
 
     ``collection``: the alias to write through (default MEDIABIND_COLLECTION);
     ``preset``: the model (default MEDIABIND_PRESET); ``manifest``: a CSV/JSONL/
-    Parquet table of per-file metadata. Two runs of one source never overlap.
+    Parquet table of per-file metadata, recorded under ``HOME/manifests`` so that
+    ``reembed`` applies it again (the last one given for a source wins). Two runs
+    of one source never overlap.
     """
     source = normalise_source(source)
     overrides = {"collection": collection, "executor": executor, "preset": preset}
@@ -167,6 +193,43 @@ def inventory_stage(overrides: Overrides) -> dict[str, Any]:
             "items": len(items), "sources": sources}
 
 
+@task(name="verify", **IO_TASK)
+def verify_stage(target: Overrides) -> dict[str, Any]:
+    """Items complete in the current collection (the alias) that the new one lacks."""
+    settings = settings_for(target)
+    with opened_store(settings) as store:
+        old = complete_item_ids(store)
+        store.ensure_collection(model_id_of(settings), settings.policy)  # reads the new one
+        done = store.completed_items(old)
+    return {"complete_old": len(old), "missing": sorted(set(old) - done)}
+
+
+def complete_item_ids(store: Any) -> list[str]:
+    """Ids of the items with a file-level point in the collection behind the alias."""
+    file_level = {"segment_index": FILE_LEVEL_INDEX}
+    points = store.scroll(file_level, limit=store.count(file_level))
+    return sorted({p.payload["item_id"] for p in points})
+
+
+class IncompleteReembedError(RuntimeError):
+    """The new collection lacks items of the current one; the alias was not swapped."""
+
+
+def check_complete(verified: Mapping[str, Any], old: str, new: str, force: bool) -> None:
+    missing = verified["missing"]
+    if not missing:
+        return
+    line = (f"{new} lacks {len(missing)} of the {verified['complete_old']} items complete in "
+            f"{old} (e.g. {', '.join(m[:12] for m in missing[:3])})")
+    if force:
+        print(f"{line}; swapping anyway (force=True)")
+        return
+    raise IncompleteReembedError(
+        f"{line}; the alias still points at {old} and nothing was dropped. Read the run "
+        "reports for the rejected files, prune files deleted since they were ingested, then "
+        "rerun reembed (it resumes), or pass force=True to swap to the incomplete collection")
+
+
 @task(name="swap", **IO_TASK)
 def swap_stage(overrides: Overrides, new_physical: str, drop_old: bool) -> dict[str, str | None]:
     """Point the alias at the new collection; drop the old one only when asked."""
@@ -183,10 +246,13 @@ def swap_stage(overrides: Overrides, new_physical: str, drop_old: bool) -> dict[
 def reembed(collection: str | None = None, preset: str | None = None,
             segment_s: float | None = None, stride_s: float | None = None,
             video_crops: int | None = None, executor: str = "local",
-            drop_old: bool = False) -> dict[str, Any]:
+            drop_old: bool = False, force: bool = False) -> dict[str, Any]:
     """Blue/green re-embed: re-ingest every source of the current collection into the
     collection of another model or segment policy, then swap the alias to it.
 
+    Each source is re-ingested with the manifest last given for it (see
+    ``ingest_archive``). The alias is swapped only when every item complete in the
+    current collection is complete in the new one (``force=True`` swaps anyway).
     The old collection stays (searchable again by swapping back) unless ``drop_old``.
     """
     base = {"collection": collection, "executor": executor}
@@ -194,12 +260,18 @@ def reembed(collection: str | None = None, preset: str | None = None,
               "video_crops": video_crops}
     current = inventory_stage(base)
     new_physical = planned_collection(target)
-    check_reembed(current, new_physical)
-    runs = [ingest_under_locks(src, target, None) for src in current["sources"]]
+    manifests = source_manifests(settings_for(base), current["sources"])
+    check_reembed(current, new_physical, manifests)
+    runs = [ingest_under_locks(src, target, manifests[src]) for src in current["sources"]]
+    check_complete(verify_stage(target), current["physical"], new_physical, force)
     swapped = swap_stage(base, new_physical, drop_old)
     print(f"alias {swapped['alias']!r}: {swapped['old']} -> {swapped['new']}")
     return {**swapped, "sources": current["sources"], "runs": [r["run_id"] for r in runs],
             "points_written": sum(r["points_written"] for r in runs)}
+
+
+def source_manifests(settings: Settings, sources: list[str]) -> dict[str, str | None]:
+    return {src: recorded_manifest(settings, src) for src in sources}
 
 
 def planned_collection(overrides: Overrides) -> str:
@@ -207,8 +279,9 @@ def planned_collection(overrides: Overrides) -> str:
     return collection_name(model_id_of(settings), settings.policy)
 
 
-def check_reembed(current: Mapping[str, Any], new_physical: str) -> None:
-    """Refuse before any work: same collection or vanished sources."""
+def check_reembed(current: Mapping[str, Any], new_physical: str,
+                  manifests: Mapping[str, str | None]) -> None:
+    """Refuse before any work: same collection, vanished sources or manifests."""
     if not current["sources"]:
         raise ValueError("the current collection records no sources: nothing to re-embed")
     if new_physical == current["physical"]:
@@ -219,6 +292,10 @@ def check_reembed(current: Mapping[str, Any], new_physical: str) -> None:
         raise FileNotFoundError(f"sources of the current collection are gone: {missing}; "
                                 "run prune on them first, or the new collection would lack "
                                 "their items")
+    lost = {s: m for s, m in manifests.items() if m is not None and not Path(m).is_file()}
+    if lost:
+        raise FileNotFoundError(f"manifests recorded for sources are gone: {lost}; restore "
+                                "them, or the new collection would lack their metadata")
 
 
 def _reachable(source: str) -> bool:
@@ -260,26 +337,42 @@ def scan_stage(source: str, overrides: Overrides) -> dict[str, Any]:
 
 @task(name="delete", **IO_TASK)
 def delete_stage(source: str, overrides: Overrides, gone: Mapping[str, list[str]]) -> int:
-    """Forget the vanished items' paths in this source; items left with no path are deleted."""
+    """Forget the vanished items' paths in this source, item by item; an item left with no
+    path is deleted. Never by path across items: another item may hold that path now (a
+    file edited in place, or a new file written where a moved one was)."""
     removed = 0
     with opened_store(settings_for(overrides)) as store:
-        for uris in gone.values():
-            for uri in (u for u in uris if _inside(u, source)):
-                removed += store.delete_source(uri)
+        physical = store.collection_info()["physical"]
+        for item_id, uris in gone.items():
+            kept = [u for u in uris if not _in_source(u, source)]
+            removed += set_item_paths(store, physical, item_id, kept)
     return removed
 
 
 @task(name="relocate", **IO_TASK)
 def relocate_stage(overrides: Overrides, moved: Mapping[str, Mapping[str, list[str]]]) -> int:
-    """Items still present whose stored paths went stale: record the current paths first,
-    then forget the stale ones (so the item always keeps at least one path)."""
+    """Items still present whose stored paths went stale: their paths become the stored
+    ones minus the stale ones plus the current ones, on their own points only."""
     with opened_store(settings_for(overrides)) as store:
+        physical = store.collection_info()["physical"]
         for item_id, paths in moved.items():
-            store.add_locations(item_id, paths["current"])
-            for uri in paths["stale"]:
-                if store.delete_source(uri):
-                    raise RuntimeError(f"forgetting {uri} deleted points of {item_id}")
+            stale = set(paths["stale"])
+            kept = [u for u in paths["stored"] if u not in stale]
+            set_item_paths(store, physical, item_id, list(dict.fromkeys([*kept, *paths["current"]])))
     return len(moved)
+
+
+def set_item_paths(store: Any, physical: str, item_id: str, paths: list[str]) -> int:
+    """Make ``paths`` the item's locations, or delete the item when none is left.
+
+    Selects by ``item_id`` only, so no other item is touched; returns the points removed.
+    """
+    from search.filters import any_of
+
+    if not paths:
+        return store.delete_items([item_id])
+    store.backend.set_payload(physical, any_of("item_id", [item_id]), {"source_uri": paths})
+    return 0
 
 
 @flow(name="prune", log_prints=True)
@@ -312,9 +405,9 @@ def stale_locations(source: str, stored: Mapping[str, list[str]],
     moved = {}
     for item_id, uris in stored.items():
         current = present.get(item_id)
-        stale = [u for u in uris if _inside(u, source) and current and u not in current]
+        stale = [u for u in uris if _in_source(u, source) and current and u not in current]
         if stale:
-            moved[item_id] = {"current": list(current), "stale": stale}
+            moved[item_id] = {"stored": list(uris), "current": list(current), "stale": stale}
     return moved
 
 
@@ -325,6 +418,11 @@ def check_scan_complete(stored: Mapping[str, list[str]], unread: list[str]) -> N
         if any(_inside(uri, container) for uris in stored.values() for uri in uris):
             raise RuntimeError(f"{container} could not be read to the end, so its files cannot "
                                "be told apart from deleted ones; not pruning")
+
+
+def _in_source(uri: str, source: str) -> bool:
+    """Whether ``uri`` is a file of ``source`` (a single-file source is its own file)."""
+    return uri == source or _inside(uri, source)
 
 
 def _inside(uri: str, container: str) -> bool:

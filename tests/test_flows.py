@@ -175,3 +175,104 @@ def test_a_busy_source_is_refused_by_the_global_limit(home, archive):
 def test_missing_source_fails_without_retrying(home, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ingest_archive(str(tmp_path / "nowhere"))
+
+
+# --- prune and reembed keep what is still there -----------------------------------------
+
+
+def paths_of(item_id: str) -> list[str]:
+    with open_store(Settings()) as store:
+        row, = [r for r in store.list_items() if r["item_id"] == item_id]
+    return row["source_uri"]
+
+
+def notes(root: Path, **texts: str) -> Path:
+    """A folder of small text files (name → text): the fastest items to embed."""
+    root.mkdir(parents=True)
+    for name, text in texts.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_prune_keeps_the_new_version_of_a_file_edited_in_place(home, tmp_path):
+    folder = notes(tmp_path / "notes", **{"note.txt": "a bird by the sea\n",
+                                           "other.txt": "a train in the hills\n"})
+    note = folder / "note.txt"
+    ingest_archive(str(folder))
+    old_id, other_id = item_at(note), item_at(folder / "other.txt")
+    note.write_text("the note, edited: a bird over a lake\n")  # same path, new bytes
+    ingest_archive(str(folder))
+    before = stored(archive=str(folder))
+    new_id, = set(before) - {old_id, other_id}
+    assert paths_of(old_id) == paths_of(new_id) == [str(note)]  # both hold the path now
+
+    result = prune(str(folder))
+
+    assert result["gone"] == [old_id] and result["points_removed"] == before[old_id]
+    assert stored(archive=str(folder)) == {k: v for k, v in before.items() if k != old_id}
+    assert paths_of(new_id) == [str(note)]
+
+
+def test_prune_after_a_move_and_a_new_file_at_the_old_path_keeps_both(home, tmp_path):
+    folder = notes(tmp_path / "notes", **{"a.txt": "file P, about owls\n"})
+    a, b = folder / "a.txt", folder / "b.txt"
+    ingest_archive(str(folder))
+    p_id = item_at(a)
+    a.rename(b)
+    a.write_text("file Q, about foxes\n")  # another file where P was
+    ingest_archive(str(folder))
+    before = stored(archive=str(folder))
+    q_id, = set(before) - {p_id}
+
+    result = prune(str(folder))
+
+    assert result["gone"] == [] and result["points_removed"] == 0
+    assert result["items_relocated"] == 1
+    assert stored(archive=str(folder)) == before
+    assert (paths_of(p_id), paths_of(q_id)) == ([str(b)], [str(a)])
+
+
+def test_a_single_file_source_is_pruned_and_reembedded_alone(home, tmp_path):
+    downloads = notes(tmp_path / "Downloads", **{"wanted.txt": "the one file I ingest\n",
+                                                  "private.txt": "never ingested\n"})
+    wanted = downloads / "wanted.txt"
+    ingest_archive(str(wanted))
+    old_id = item_at(wanted)
+    assert set(stored(archive=str(wanted))) == {old_id}  # the file is its own source
+    wanted.write_text("the one file, edited\n")
+    ingest_archive(str(wanted))
+    new_id, = set(stored(archive=str(wanted))) - {old_id}
+
+    assert prune(str(wanted))["gone"] == [old_id]
+    assert set(stored()) == {new_id} and paths_of(new_id) == [str(wanted)]
+
+    result = reembed(segment_s=1.0, stride_s=1.0)
+
+    assert result["sources"] == [str(wanted)]
+    assert set(stored()) == {new_id} and paths_of(new_id) == [str(wanted)]
+
+
+def test_reembed_swaps_only_to_a_complete_collection_unless_forced(home, tmp_path):
+    from flows.ingest import IncompleteReembedError
+
+    folder = notes(tmp_path / "notes", **{"kept.txt": "a kept note\n",
+                                           "deleted.txt": "a note deleted, never pruned\n"})
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,site\nkept.txt,harbour\n")
+    first = ingest_archive(str(folder), manifest=str(manifest))
+    kept_id = item_at(folder / "kept.txt")
+    (folder / "deleted.txt").unlink()  # the re-embed cannot find it again
+
+    with pytest.raises(IncompleteReembedError, match="lacks 1 of the 2 items"):
+        reembed(segment_s=1.0, stride_s=1.0, drop_old=True)
+    with open_store(Settings()) as store:  # neither swapped nor dropped
+        assert store.collection_info()["physical"] == first["collection"]
+    assert len(stored()) == 2
+
+    forced = reembed(segment_s=1.0, stride_s=1.0, force=True)
+
+    assert forced["old"] == first["collection"] and forced["new"] != forced["old"]
+    assert set(stored()) == {kept_id}
+    with open_store(Settings()) as store:  # the manifest of the first ingest was replayed
+        point = store.scroll({"item_id": kept_id}, limit=1)[0]
+    assert point.payload["meta"] == {"site": "harbour"}

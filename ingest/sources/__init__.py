@@ -1,10 +1,11 @@
 """Read any archive safely and stream its files as ``SourceEntry`` or ``Rejected`` records.
 
-Sources: a single media file, a local folder (recursive, sorted), ``.tar``, ``.tar.gz``/``.tgz``,
-``.zip``, and fsspec URLs (``file://`` with core fsspec; ``s3://`` and
-``gs://`` need the extras ``mediabind[s3]`` / ``mediabind[gcs]``). A URL to a
-folder (prefix) lists it; a URL to an archive streams the archive through
-fsspec's file object.
+Sources: a single media file (recorded as its own ``archive``, with its file
+name as ``member`` and its path as ``source_uri``), a local folder (recursive,
+sorted), ``.tar``, ``.tar.gz``/``.tgz``, ``.zip``, and fsspec URLs (``file://``
+with core fsspec; ``s3://`` and ``gs://`` need the extras ``mediabind[s3]`` /
+``mediabind[gcs]``). A URL to a folder (prefix) lists it; a URL to an archive
+streams the archive through fsspec's file object.
 
 Nothing is extracted: each member is copied to a spool file (under
 ``settings.home / "tmp"`` unless ``spool_dir`` is given) while its sha256 is
@@ -68,8 +69,8 @@ def iter_source(source: str | Path, settings: Settings | None = None,
     settings = settings or get_settings()
     archive = normalise_source(source)
     single = _single_file(archive)
-    if single is not None:  # one media file: its folder is the archive, its name the member
-        archive, members = str(single.parent), _one(folder_member(single))
+    if single is not None:  # one media file: its own archive, its file name the member
+        members = _one(folder_member(single))
     else:
         members = open_source(source, settings.max_compression_ratio)
     rows = load_manifest(manifest) if manifest is not None else {}
@@ -77,7 +78,7 @@ def iter_source(source: str | Path, settings: Settings | None = None,
     spool_path.mkdir(parents=True, exist_ok=True)
     state = RunState(archive, settings, spool_path,
                      {normalise_member(k): v for k, v in rows.items()},
-                     Budget.from_settings(settings))
+                     Budget.from_settings(settings), single_file=single is not None)
     return attach_sidecars(iter_source_members(state, members))
 
 

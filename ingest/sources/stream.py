@@ -37,7 +37,12 @@ Output = SourceEntry | Rejected | Sidecar
 
 @dataclass
 class RunState:
-    """What one ``iter_source`` call knows: settings, limits, manifest, bytes seen."""
+    """What one ``iter_source`` call knows: settings, limits, manifest, bytes seen.
+
+    ``single_file``: the source is one file, recorded as its own archive (so a
+    re-embed or prune of it never reaches the rest of its folder); its one
+    member's location is the file itself.
+    """
 
     archive: str
     settings: Settings
@@ -45,9 +50,12 @@ class RunState:
     manifest: dict[str, ManifestRow]
     budget: Budget
     seen: dict[str, Detection] = field(default_factory=dict)
+    single_file: bool = False
 
     def uri(self, member: str) -> str:
-        return join_uri(self.archive, member) if member else self.archive
+        if self.single_file or not member:
+            return self.archive
+        return join_uri(self.archive, member)
 
     def guard(self, raw: RawMember) -> ReadGuard:
         return ReadGuard(self.budget, self.settings.max_member_bytes, raw.ratio_check)
