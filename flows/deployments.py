@@ -18,8 +18,9 @@ from typing import Any
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-from flows.ingest import ingest_archive, prune
+from flows.ingest import ingest_archive
 from flows.locks import source_key
+from flows.prune import prune
 from ingest.sources import normalise_source
 
 NO_SERVER = (

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from flows import locks
-from flows.ingest import ingest_archive, prune, reembed
+from flows.ingest import ingest_archive, reembed
 from flows.locks import source_key
+from flows.prune import prune
 from flows.sample import Clip, write_clip
 from schemas import SegmentPolicy, Settings, collection_name
 from search.store import open_store

@@ -44,7 +44,7 @@ def test_prune_deployment_carries_an_interval(tmp_path):
     assert isinstance(schedule.schedule, IntervalSchedule)
     assert schedule.schedule.interval == timedelta(hours=1)
     assert deployment.parameters == {"source": str(tmp_path)}
-    assert deployment.entrypoint == "flows.ingest.prune" and deployment.name == "nightly"
+    assert deployment.entrypoint == "flows.prune.prune" and deployment.name == "nightly"
 
 
 @pytest.mark.parametrize("cron, interval", [(None, None), ("0 * * * *", 60.0), (None, -5.0)])
