@@ -199,10 +199,12 @@ def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -
     print(f"ratio pipeline / decode alone: {media_rate / decode['media_s_per_s']:.2f}")
     stages = report.stage_seconds
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-    decode_busy = stages["decode"] / (settings.decode_workers * pipe["wall_s"])
+    # The decode threads/tasks also preprocess (decoded arrays → model tensors).
+    worker_s = stages["decode"] + stages.get("preprocess", 0.0)
+    decode_busy = worker_s / (settings.decode_workers * pipe["wall_s"])
     encode_busy = stages["encode"] / (pipe["encode_threads"] * pipe["wall_s"])
     bound = "decode" if decode_busy >= encode_busy else "encode"
-    print(f"busy: decode threads {decode_busy:.0%}, encode threads ({pipe['encode_threads']}) "
+    print(f"busy: decode+preprocess threads {decode_busy:.0%}, encode threads ({pipe['encode_threads']}) "
           f"{encode_busy:.0%} -> bound by {bound}")
     rss = np.array(pipe["rss"] or [0]) / 2**20
     quarter = max(len(rss) // 4, 1)
