@@ -24,8 +24,10 @@ python=${PYTHON:-python3}
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 stamp="$venv/.mediabind-installed"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${extra:-runtime}"
-if ! grep -qx "$want" "$stamp" 2>/dev/null; then
+pins="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+want="$pins-${extra:-runtime}"
+# A dev install holds everything the runtime needs, so it satisfies both.
+if ! grep -qx -e "$want" -e "$pins-dev" "$stamp" 2>/dev/null; then
   echo "setup: installing Python packages into $venv (first time: a few minutes)" >&2
   log="$venv/setup.log"
   pip_quiet() { "$venv/bin/pip" install -q "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
