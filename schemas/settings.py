@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_nesting: int = Field(2, ge=0, description="How deep nested archives are followed.")
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
     ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call.")
+    max_media_duration_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Longest audio, video or IMU recording accepted "
+        "(seconds); a longer claim (often a corrupt or hostile header) is Rejected.")
 
     # --- search -------------------------------------------------------------------
     max_query_bytes: int = Field(64 << 20, gt=0,

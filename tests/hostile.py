@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -268,3 +270,129 @@ def run_source(source: str | Path, settings: Settings, **kwargs: object) -> Sour
         else:
             run.rejected.append(record)
     return run
+
+
+# --- broken media (the reliability suite) -----------------------------------------------
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` but holds one tiny IDAT chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b""))
+
+
+def patch_mp4_duration(data: bytes, seconds: int = 0xFFFFFFFF) -> bytes:
+    """An mp4 whose movie header (``mvhd``, version 0) claims ``seconds`` (timescale 1)."""
+    import struct
+
+    out = bytearray(data)
+    at = out.find(b"mvhd")
+    if at < 0 or out[at + 4] != 0:
+        raise ValueError("no version-0 mvhd box")
+    out[at + 16:at + 24] = struct.pack(">II", 1, min(seconds, 0xFFFFFFFF))
+    return bytes(out)
+
+
+def patch_mp4_codec_tag(data: bytes, old: bytes = b"avc1", new: bytes = b"zzzz") -> bytes:
+    """An mp4 whose sample entry names a codec that does not exist."""
+    if old not in data:
+        raise ValueError(f"no {old!r} sample entry")
+    return data.replace(old, new, 1)
+
+
+def patch_mp4_dimensions(data: bytes, width: int = 60000, height: int = 60000) -> bytes:
+    """An mp4 whose track header and sample entry claim ``width`` x ``height``."""
+    import struct
+
+    out = bytearray(data)
+    tkhd = out.find(b"tkhd")  # version 0: size fields are the last 8 bytes (16.16 fixed)
+    end = tkhd - 4 + struct.unpack(">I", out[tkhd - 4:tkhd])[0]
+    out[end - 8:end] = struct.pack(">II", width << 16, height << 16)
+    entry = out.find(b"avc1")  # visual sample entry: width, height at +28 from the type
+    out[entry + 28:entry + 32] = struct.pack(">HH", min(width, 0xFFFF), min(height, 0xFFFF))
+    return bytes(out)
+
+
+def wav_header_only(rate: int = 16000) -> bytes:
+    """A WAV with a valid header and a data chunk of zero bytes (a zero-length stream)."""
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", 0))
+
+
+def nested_archives(levels: int, inner: Files) -> tuple[str, bytes]:
+    """``inner`` in a zip, wrapped in a tar, a zip, ... ``levels`` archives deep in all.
+
+    Returns the outermost archive's member name and bytes, ready to put in a source.
+    """
+    name, data = "level1.zip", _zip_bytes(inner)
+    for level in range(2, levels + 1):
+        wrap, ext = (_tar_bytes, "tar") if level % 2 == 0 else (_zip_bytes, "zip")
+        name, data = f"level{level}.{ext}", wrap({name: data})
+    return name, data
+
+
+def _zip_bytes(files: Files) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def _tar_bytes(files: Files) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in files.items():
+            add_tar_file(archive, name, data)
+    return out.getvalue()
+
+
+def write_tar_raw_names(path: Path, files: Files) -> Path:
+    """A tar whose names may hold lone surrogates: written as the raw (invalid UTF-8) bytes."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as archive:
+        for name, data in files.items():
+            add_tar_file(archive, name, data)
+    return path
+
+
+class PeakRss:
+    """Samples this process's resident memory in a thread while in the ``with`` block."""
+
+    def __init__(self, every_s: float = 0.01) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.every_s = every_s
+        self.baseline = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def growth(self) -> int:
+        """Highest RSS seen minus the RSS when the block started (bytes)."""
+        return self.peak - self.baseline
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> PeakRss:
+        self.baseline = self.peak = self.process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -25,10 +25,9 @@ from collections.abc import Iterator
 import ffmpeg
 import numpy as np
 
-from ingest.decode.base import DecodeError, DecodeJob
+from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
 from ingest.ffmpeg_run import FFMPEG_QUIET, FFmpegError, stream_stdout
 from ingest.probe import MediaInfo, probe
-from ingest.segment import windows
 from schemas import Kind, Modality, Segment
 
 SAMPLE_RATE = 16_000
@@ -48,16 +47,21 @@ def decode_probed_audio(job: DecodeJob, info: MediaInfo,
     if info.audio is None:
         raise DecodeError(f"no audio stream in {info.format_name or 'file'} "
                           f"({info.stream_count} streams)")
+    own_windows = spans is None  # an audio file, not a video's soundtrack
     if spans is None:
         try:
-            spans = windows(info.duration_s, job.policy)
+            spans = bounded_windows(info.duration_s, job.policy, job.settings)
         except ValueError as e:
             raise DecodeError(f"{e} (ffprobe reports no usable duration)") from None
     # A video's soundtrack keeps the item's kind (video): the payload tells them apart.
     kind = job.item.kind if job.item.kind in (Kind.VIDEO, Kind.AUDIO) else Kind.AUDIO
     samples = pcm_stream(job)
-    for index, (start, end, clip) in enumerate(cut_windows(samples, spans)):
-        yield job.segment(Modality.AUDIO, index, start, end, clip, kind=kind)
+    made = 0
+    for made, (start, end, clip) in enumerate(cut_windows(samples, spans), start=1):
+        yield job.segment(Modality.AUDIO, made - 1, start, end, clip, kind=kind)
+    if made == 0 and own_windows:  # found by fuzzing: a damaged m4a that decodes to nothing
+        raise DecodeError(f"audio stream decoded to no samples although ffprobe reports "
+                          f"{info.duration_s} s (corrupt data?)")
 
 
 def pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:

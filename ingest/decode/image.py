@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ingest.decode.base import DecodeError, DecodeJob
+from ingest.decode.base import DecodeError, DecodeJob, unit_stretch
 from schemas import Modality, Segment
 
 BOMB_FACTOR = 4  # refuse images with more than this many times max_image_pixels
@@ -105,9 +105,7 @@ def _sixteen_bit(im: Image.Image) -> Image.Image:
 
 
 def _float(im: Image.Image) -> Image.Image:
-    values = np.nan_to_num(np.asarray(im, dtype=np.float64))
-    low, high = values.min(), values.max()
-    grey = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+    grey = unit_stretch(np.asarray(im, dtype=np.float64)) * 255
     return Image.fromarray(np.rint(grey).astype(np.uint8), "L").convert("RGB")
 
 

@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ingest.decode.base import DecodeError, DecodeJob
-from ingest.segment import windows
+from ingest.decode.base import DecodeError, DecodeJob, bounded_windows, unit_stretch
 from schemas import Modality, Segment, SegmentPolicy
 
 MIN_DEPTH_M, MAX_DEPTH_M = 0.01, 50.0
@@ -114,11 +113,7 @@ def thermal_unit_range(values: np.ndarray) -> np.ndarray:
     """uint8 → /255; anything else min-max stretched to [0,1]."""
     if values.dtype == np.uint8:
         return (values / 255.0).astype(np.float32)
-    data = np.nan_to_num(values.astype(np.float64))
-    low, high = float(data.min()), float(data.max())
-    if high <= low:
-        return np.zeros(data.shape, np.float32)
-    return ((data - low) / (high - low)).astype(np.float32)
+    return unit_stretch(values).astype(np.float32)
 
 
 def _thermal_image(path: Path) -> np.ndarray:
@@ -145,7 +140,8 @@ def decode_imu(job: DecodeJob) -> Iterator[Segment]:
     times, samples = _read_by_suffix(IMU_READERS, job.path, "IMU")
     times, samples = clean_imu(times, samples)
     policy = imu_policy(job.policy)
-    for index, (s, e) in enumerate(windows(float(times[-1] - times[0]), policy)):
+    spans = bounded_windows(float(times[-1] - times[0]), policy, job.settings)
+    for index, (s, e) in enumerate(spans):
         window = resample_window(times - times[0], samples, s, e, policy.segment_s)
         yield job.segment(Modality.IMU, index, s, e, window)
 
@@ -162,8 +158,12 @@ def imu_policy(policy: SegmentPolicy) -> SegmentPolicy:
 
 
 def clean_imu(times: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop non-finite rows, sort by time, drop repeated timestamps; [N], [N,6]."""
-    keep = np.isfinite(times) & np.isfinite(samples).all(axis=1)
+    """Drop non-finite rows, sort by time, drop repeated timestamps; [N], [N,6].
+
+    Values beyond float32's range count as non-finite: the window is float32, and
+    such a value (corrupt data) would become infinity there.
+    """
+    keep = np.isfinite(times) & (np.abs(samples) <= np.finfo(np.float32).max).all(axis=1)
     times, samples = times[keep], samples[keep]
     order = np.argsort(times, kind="stable")
     times, first = np.unique(times[order], return_index=True)

@@ -49,11 +49,10 @@ from pathlib import Path
 import numpy as np
 
 from ingest.decode.audio import decode_probed_audio
-from ingest.decode.base import DecodeError, DecodeJob
+from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
 from ingest.decode.frames import Frame, Run, extract_batch, frame_times_from_end
 from ingest.ffmpeg_run import FFmpegError, run_capture
 from ingest.probe import MediaInfo, VideoStreamInfo, probe
-from ingest.segment import windows
 from schemas import Modality, Segment
 
 TARGET_SHORT_SIDE = 224
@@ -86,7 +85,7 @@ def probe_or_fail(job: DecodeJob) -> MediaInfo:
 
 def windows_or_fail(job: DecodeJob, info: MediaInfo) -> list[tuple[float, float]]:
     try:
-        return windows(info.duration_s, job.policy)
+        return bounded_windows(info.duration_s, job.policy, job.settings)
     except ValueError as e:
         raise DecodeError(f"{e} (ffprobe reports no usable duration)") from None
 

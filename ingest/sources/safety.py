@@ -32,9 +32,22 @@ class SourceStopped(Exception):  # noqa: N818
     """A limit of the whole source was reached; nothing more is read from it."""
 
 
+def readable_name(name: str) -> str:
+    """A name that is valid text. Bytes that are not UTF-8 (old Latin-1 archives, odd
+    file systems) reach Python as lone surrogates, which no payload, log or Parquet
+    file can hold; such a name is read as Latin-1 instead, which maps every byte to
+    one character (``caf\\xe9.txt`` becomes ``café.txt``). The bytes are still read
+    from the original entry: this is the name we record, not the one we open."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("latin-1")
+    return name
+
+
 def safe_member_path(name: str) -> str:
     """The clean relative POSIX form of an archive member name, or MemberRejected."""
-    posix = name.replace("\\", "/")
+    posix = readable_name(name).replace("\\", "/")
     if "\x00" in posix:
         raise MemberRejected("unsafe path: NUL byte in the name")
     if posix.startswith("/") or _DRIVE.match(posix):
