@@ -124,7 +124,7 @@ def decode_events(item: MediaItem, path: Path, policy: SegmentPolicy,
     from ingest.decode import decode_item
 
     started = time.perf_counter()
-    yield ItemStarted(item.item_id, probe_duration(item, path))
+    yield ItemStarted(item.item_id, probe_duration(item, path, settings or get_settings()))
     spent = time.perf_counter() - started
     counts: dict[str, int] = defaultdict(int)
     failed = False
@@ -148,7 +148,7 @@ def decode_events(item: MediaItem, path: Path, policy: SegmentPolicy,
     yield ItemDecoded(item.item_id, dict(counts), spent, failed)
 
 
-def probe_duration(item: MediaItem, path: Path) -> float | None:
+def probe_duration(item: MediaItem, path: Path, settings: Settings) -> float | None:
     """Duration of timed media; None for other kinds or when ffprobe cannot tell.
 
     A probe failure is not a rejection here: the decoder sees the same bytes
@@ -159,7 +159,7 @@ def probe_duration(item: MediaItem, path: Path) -> float | None:
     from ingest.probe import probe
 
     try:
-        return probe(path).duration_s
+        return probe(path, settings.ffmpeg_timeout_s).duration_s
     except Exception:
         return None
 

@@ -12,7 +12,7 @@ from ingest.decode import decode_item
 from ingest.decode.video import frame_targets, plan_runs, scaled_size
 from ingest.probe import probe
 from ingest.segment import windows
-from schemas import Kind, Modality, Rejected, Segment, SegmentPolicy, Stage
+from schemas import Kind, MediaItem, Modality, Rejected, Segment, SegmentPolicy, Stage
 
 
 def decode(media, name, settings, policy=None, kind=Kind.VIDEO):
@@ -145,3 +145,12 @@ def test_plan_runs_seeks_only_across_keyframes():
     assert plan_runs(targets, keyframes=[0.0, 2.0, 4.0, 6.0, 8.0], slack=0.01) == [
         [0.0], [2.0], [4.0], [6.0], [8.0]]
     assert plan_runs([0.0, 0.5], keyframes=[0.0, 0.5], slack=0.01) == [[0.0, 0.5]]
+
+
+def test_a_rejection_names_the_member_not_the_spool_file(media, decode_settings, tmp_path):
+    spooled = tmp_path / "mb-1a2b3c.mp4"  # how an archive member looks on disk while decoded
+    spooled.write_bytes(media.get("random_mp4").read_bytes())
+    item = MediaItem("id", "/data/a.tar", "clips/broken.mp4", spooled.stat().st_size,
+                     Kind.VIDEO, locations=("/data/a.tar!/clips/broken.mp4",))
+    (rejection,) = decode_item(item, spooled, SegmentPolicy(), decode_settings)
+    assert "clips/broken.mp4" in rejection.reason and "mb-1a2b3c" not in rejection.reason

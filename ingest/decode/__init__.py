@@ -49,14 +49,20 @@ def decode_item(item: MediaItem, path: Path, policy: SegmentPolicy,
     try:
         yield from decoder(job)
     except Exception as e:  # noqa: BLE001 - a bad file must never stop the stream
-        yield rejected(item, e)
+        yield rejected(item, e, job.path)
 
 
-def rejected(item: MediaItem, error: Exception) -> Rejected:
-    """The Rejected record for an error raised while decoding ``item``."""
+def rejected(item: MediaItem, error: Exception, path: Path | None = None) -> Rejected:
+    """The Rejected record for an error raised while decoding ``item``.
+
+    ffmpeg and PIL name the file they opened, which for archive members is a
+    temporary spool file; the reason names the member the user knows instead.
+    """
     stage = Stage.PROBE if isinstance(error, ProbeError) else Stage.DECODE
     reason = str(error) if isinstance(error, DecodeError | ProbeError) \
         else f"{type(error).__name__}: {error}"
+    if path is not None and str(path) != item.source_uri:
+        reason = reason.replace(str(path), item.member).replace(path.name, item.member)
     return Rejected(item.item_id, item.source_uri, stage, reason)
 
 
