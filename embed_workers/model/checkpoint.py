@@ -8,13 +8,14 @@ the file by hand.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from embed_workers.model.download import DownloadError, download
+from embed_workers.model.download import DownloadError, download, partial_path
 from embed_workers.model.imagebind import ImageBindModel
 from embed_workers.model.precision import cast_for_inference
 from embed_workers.model.presets import IMAGEBIND_LICENSE_URL, Preset
@@ -88,7 +89,8 @@ def resolve_checkpoint(preset: Preset, settings: Settings | None = None,
     if settings.checkpoint is not None:
         return _existing(Path(settings.checkpoint), "MEDIABIND_CHECKPOINT")
     target = settings.checkpoint_dir / preset.checkpoint_filename
-    if target.is_file():
+    if target.is_file() and _has_expected_size(target, preset, download_allowed and
+                                               settings.accept_license):
         return target
     if preset.checkpoint_url is None:
         raise CheckpointError(f"preset {preset.name} has no download URL and {target} does not exist")
@@ -103,6 +105,23 @@ def resolve_checkpoint(preset: Preset, settings: Settings | None = None,
             f"could not fetch the {preset.name} weights from {preset.checkpoint_url} into "
             f"{target} ({error}). Offline? Copy the file there by hand or set "
             f"MEDIABIND_CHECKPOINT.") from error
+
+
+def _has_expected_size(target: Path, preset: Preset, may_download: bool) -> bool:
+    """A cached file of the wrong size is a damaged download: set it aside to be fetched
+    again (a shorter one is resumed as the partial) when downloading is allowed, else refuse."""
+    size, expected = target.stat().st_size, preset.checkpoint_bytes
+    if expected is None or size == expected:
+        return True
+    if not may_download:
+        raise CheckpointError(f"{target} holds {size} bytes, but the {preset.name} checkpoint "
+                              f"has {expected}: the file is damaged; delete it and download "
+                              "again (MEDIABIND_ACCEPT_LICENSE=true) or copy a good one there")
+    if size < expected:
+        os.replace(target, partial_path(target))  # resumed; download checks the overlap
+    else:
+        target.unlink()
+    return False
 
 
 def _modality_of(key: str) -> str | None:

@@ -1,7 +1,9 @@
 """Resumable, size-checked, atomic HTTP download of a checkpoint file (stdlib only).
 
 Bytes go to ``<dest>.partial``; an interrupted download resumes from there
-with an HTTP Range request. ``dest`` appears only once the file is complete
+with an HTTP Range request that starts a little before the partial's end:
+the overlap must match what the partial holds, else the partial is garbage
+(a torn write, another file) and the download starts over from byte 0. ``dest`` appears only once the file is complete
 and its size checked (``os.replace``), so a crash never leaves a truncated
 checkpoint where the loader looks.
 """
@@ -21,6 +23,7 @@ from typing import BinaryIO
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 3.0
 TIMEOUT_S = 60.0
+OVERLAP_BYTES = 1 << 16  # re-fetched on resume to check the partial's tail
 
 
 class DownloadError(RuntimeError):
@@ -110,16 +113,29 @@ def download(url: str, dest: Path | str, expected_bytes: int | None = None,
 
 def _fetch_into(url: str, partial: Path, offset: int, progress: bool, name: str) -> int | None:
     """Stream into ``partial`` (appending when the server honours Range); the announced size."""
+    overlap = min(offset, OVERLAP_BYTES)
     try:
-        response = _open(url, offset)
+        response = _open(url, offset - overlap)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # nothing after offset: the partial is complete
+        if error.code == 416 and offset:  # nothing after the range start: the partial is too long
             return _total_size(error, 0) or offset
         raise
     with response:
         resumed = offset > 0 and response.status == 206
+        if resumed and not _tail_matches(partial, response.read(overlap)):
+            resumed = False
+        if offset > 0 and not resumed and response.status == 206:
+            response.close()  # a partial that is not a prefix of the file: start over
+            return _fetch_into(url, partial, 0, progress, name)
         start = offset if resumed else 0  # a 200 to a Range request restarts from byte 0
-        total = _total_size(response, start)
+        total = _total_size(response, offset - overlap if resumed else 0)
         with open(partial, "ab" if resumed else "wb") as sink:
             _stream(response, sink, _Progress(name, start, total, progress))
     return total
+
+
+def _tail_matches(partial: Path, expected: bytes) -> bool:
+    """Whether the partial ends with ``expected`` (the server's bytes just before its end)."""
+    with open(partial, "rb") as fh:
+        fh.seek(-len(expected), os.SEEK_END)
+        return fh.read() == expected

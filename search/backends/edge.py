@@ -6,7 +6,11 @@ qdrant-edge has one ``EdgeShard`` per folder and no collections or aliases, so:
 - the alias map and each collection's spec (dim, model_id, policy) live in
   ``<root>/catalog.json``, rewritten atomically (temp file + rename), so a
   crash leaves either the old or the new map, never half of one;
-- a ``DirLock`` on ``<root>`` keeps a second process out with a clear error.
+- a ``DirLock`` on ``<root>`` keeps a second process out with a clear error;
+- writes are refused with ``StoreDiskFullError`` (ENOSPC) while the disk has less
+  free space than a safe margin: the engine writes through memory-mapped sparse
+  files, and a page it touches on a full disk kills the process with SIGBUS
+  instead of raising, which would leave no report behind.
 
 HNSW is built only by ``optimize()`` (blocking); before that, search is exact,
 which is fast enough for small collections (about 20 ms at 100k x 1024-d).
@@ -14,6 +18,7 @@ which is fast enough for small collections (about 20 ms at 100k x 1024-d).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -40,6 +45,14 @@ INDEX_TYPES: dict[str, Any] = {
 # source_uri is filtered by prefix (delete_source): give its index the prefix option.
 INDEX_PARAMS: dict[str, Any] = {"source_uri": qe.KeywordIndexParams(prefix=True)}
 FACET_LIMIT = 1_000_000  # facets are used on low-cardinality fields (modality, item_id chunks)
+# Free bytes kept in reserve on the store's disk: a new collection touches ~2 MB at once,
+# and the engine grows its WAL and segment files in steps of a few MB.
+MIN_FREE_BYTES = 64 * 2**20
+WRITE_AMPLIFICATION = 4  # WAL + vector storage + payload + indexes, per byte of a point
+
+
+class StoreDiskFullError(OSError):
+    """The embedded store's disk is (nearly) full; nothing of the refused write was stored."""
 
 
 class EdgeBackend(Backend):
@@ -74,7 +87,18 @@ class EdgeBackend(Backend):
     def _folder(self, name: str) -> Path:
         return self.root / "collections" / name
 
+    def _check_space(self, incoming_bytes: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        needed = MIN_FREE_BYTES + WRITE_AMPLIFICATION * incoming_bytes
+        if free < needed:
+            raise StoreDiskFullError(
+                errno.ENOSPC, f"no space left for the embedded store at {self.root}: "
+                f"{free / 2**20:.1f} MiB free, a write needs at least {needed / 2**20:.1f} MiB; "
+                "points stored so far are kept: free space (or move MEDIABIND_HOME) and run "
+                "again to store the rest")
+
     def create_collection(self, name: str, spec: CollectionSpec) -> None:
+        self._check_space(0)
         folder, config = self._folder(name), _edge_config(spec)
         # A folder without a catalog entry is a creation cut short before the catalog
         # was written: adopt it (load checks the config) rather than fail forever.
@@ -121,6 +145,7 @@ class EdgeBackend(Backend):
         if name not in self._shards:
             if not self.collection_exists(name):
                 raise KeyError(f"no collection {name!r} in {self.root}")
+            self._check_space(0)  # loading maps (and may extend) files: even reads can fault
             self._shards[name] = qe.EdgeShard.load(str(self._folder(name)))
         return self._shards[name]
 
@@ -128,11 +153,13 @@ class EdgeBackend(Backend):
 
     def upsert(self, name: str, ids: Sequence[str], vectors: np.ndarray,
                payloads: Sequence[dict[str, Any]]) -> None:
+        self._check_space(vectors.nbytes + len(json.dumps(list(payloads), default=str)))
         points = [qe.Point(pid, vec.tolist(), payload)
                   for pid, vec, payload in zip(ids, vectors, payloads, strict=True)]
         self._shard(name).update(qe.UpdateOperation.upsert_points(points))
 
     def set_payload(self, name: str, where: Where, payload: dict[str, Any]) -> None:
+        self._check_space(len(json.dumps(payload, default=str)))
         op = qe.UpdateOperation.set_payload_by_filter(to_edge_filter(where), payload)
         self._shard(name).update(op)
 
