@@ -144,9 +144,22 @@ class Collector:
         state.failed = state.failed or event.failed
         self.report.add_stage_time("decode", event.decode_s)
         self.report.add_stage_time("preprocess", event.prepare_s)
-        if state.release is not None:
-            state.release()
         self._maybe_finish(event.item_id)
+
+    # --- items lost with a worker (Ray) ------------------------------------------------------
+    def restart(self, item_id: str) -> None:
+        """Forget what a lost attempt delivered for an item, which is decoded again."""
+        old = self.items[item_id]
+        self.items[item_id] = ItemState(old.item, old.release)
+
+    def lost(self, item_id: str, reason: str) -> None:
+        """Give up on an item this run: rejected (nothing written), retried next run."""
+        state = self.items.pop(item_id)
+        rejected = Rejected(item_id, state.item.source_uri, Stage.DECODE, reason)
+        state.rejections.append(rejected)
+        self.report.rejected.append(rejected)
+        self._release(state)
+        self._finish_rejected(state)
 
     # --- completion ---------------------------------------------------------------------------
     def _maybe_finish(self, item_id: str) -> None:
@@ -154,6 +167,9 @@ class Collector:
         if not state.is_settled():
             return
         del self.items[item_id]
+        # The spooled bytes stay until the item settles, so an item whose worker died
+        # after decoding it can still be decoded again (Ray executor).
+        self._release(state)
         if state.failed or not state.means:
             self._finish_rejected(state)
         else:
@@ -213,5 +229,10 @@ class Collector:
     def abandon(self) -> None:
         """Release spooled files of items that will not finish (the run is stopping)."""
         for state in self.items.values():
-            if state.release is not None:
-                state.release()
+            self._release(state)
+
+    @staticmethod
+    def _release(state: ItemState) -> None:
+        if state.release is not None:
+            state.release()
+            state.release = None

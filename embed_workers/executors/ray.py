@@ -33,7 +33,6 @@ import pickle
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,44 +40,26 @@ import pyarrow as pa
 import ray
 import torch
 from ray.data import ActorPoolStrategy, DataContext
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
-from ray.util.queue import Empty, Full, Queue
+from ray.util.queue import Full, Queue
 
 from embed_workers.executors import EncoderArgs, RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import Failure, FeedDone, feed, planned_stream
+from embed_workers.executors.ray_tasks import POLL_S, ROW_SCHEMA, WorkQueueDatasource, row_for
 from embed_workers.model import resolve_dtype
 from embed_workers.pipeline import (
     ItemDecoded,
     ItemStarted,
-    KeyedBatcher,
-    Unprepared,
-    count_tokens_fn,
-    decode_events,
     encode_prepared,
-    prepare_events,
 )
-from embed_workers.prepare import Prepared, Preparer
+from embed_workers.prepare import Preparer
 from embed_workers.preprocess import PreprocessOptions
 from ingest.plan import Action, PlannedEntry
-from schemas import Modality, Segment, Settings, spec
+from schemas import MediaItem, Segment, Settings
 
-POLL_S = 0.5
-MAX_BATCH_WAIT_S = 2.0
 QUEUE_PER_TASK = 2
+LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
 
-ROW_SCHEMA = pa.schema([
-    ("event", pa.string()),  # segment | rejected | decoded
-    ("item_id", pa.string()),
-    ("modality", pa.string()),  # set for segments and for dropped (embed-rejected) segments
-    ("duration_s", pa.float64()),
-    # the pickled record: Prepared (decode → actor), Segment metadata (actor → driver),
-    # Rejected or ItemDecoded
-    ("blob", pa.binary()),
-    ("vector", pa.binary()),  # float32 bytes, after encoding
-    ("encode_s", pa.float64()),
-])
 
 
 # --- Ray lifecycle ------------------------------------------------------------------------
@@ -150,101 +131,6 @@ def _prepend(first: PlannedEntry, rest: Iterator[PlannedEntry]) -> Iterator[Plan
             close()
 
 
-# --- decode tasks -------------------------------------------------------------------------
-
-
-class WorkQueueDatasource(Datasource):
-    """``n`` read tasks that take items from the driver's work queue until an end marker."""
-
-    def __init__(self, work: Queue, tasks: int, settings: Settings, preparer: Preparer) -> None:
-        super().__init__()
-        self.work, self.tasks, self.settings, self.preparer = work, tasks, settings, preparer
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
-        work, settings, preparer = self.work, self.settings, self.preparer
-        meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(lambda: decode_from_queue(work, settings, preparer), meta,
-                         schema=ROW_SCHEMA)
-                for _ in range(self.tasks)]
-
-
-def decode_from_queue(work: Queue, settings: Settings, preparer: Preparer) -> Iterator[pa.Table]:
-    """One decode task: items from the queue → blocks of prepared inputs of one modality
-    (plus markers); decoding and preprocessing both run here."""
-    count_tokens = count_tokens_fn()
-    blocks = _BlockBuilder()
-    while True:
-        try:
-            job = work.get(timeout=POLL_S)
-        except Empty:
-            job = ()
-        if job is None:
-            break
-        if job:
-            item, path = job
-            decoded = decode_events(item, Path(path), settings.policy, settings, count_tokens)
-            for event in prepare_events(decoded, preparer):
-                yield from blocks.add(event)
-        yield from blocks.due()
-    yield from blocks.drain()
-
-
-class _BlockBuilder:
-    """Batches segment rows per modality; markers ride along with the next block."""
-
-    def __init__(self) -> None:
-        self.batcher: KeyedBatcher[str, dict[str, Any]] = KeyedBatcher(
-            lambda m: spec(m).batch_size, MAX_BATCH_WAIT_S)
-        self.markers: list[dict[str, Any]] = []
-        self.duration: dict[str, float | None] = {}
-
-    def add(self, event: Any) -> Iterator[pa.Table]:
-        if isinstance(event, ItemStarted):
-            self.duration[event.item_id] = event.duration_s
-        elif isinstance(event, Prepared):
-            segment = event.segment
-            row = _row("segment", segment.item_id, event, Modality(segment.modality).value,
-                       self.duration.get(segment.item_id))
-            yield from self._tables(self.batcher.add(row["modality"], row))
-        elif isinstance(event, Unprepared):  # settles one segment of its modality
-            self.markers.append(_row("rejected", event.rejected.item_id, event.rejected,
-                                     event.modality, None))
-        else:
-            if isinstance(event, ItemDecoded):
-                self.duration.pop(event.item_id, None)
-            self.markers.append(_row("decoded" if isinstance(event, ItemDecoded) else "rejected",
-                                     event.item_id, event, "", None))
-
-    def due(self) -> Iterator[pa.Table]:
-        yield from self._tables(self.batcher.due())
-        if self.markers and not len(self.batcher):
-            yield self._table([])
-
-    def drain(self) -> Iterator[pa.Table]:
-        yield from self._tables(self.batcher.drain())
-        if self.markers:
-            yield self._table([])
-
-    def _tables(self, batches: list[tuple[str, list[dict[str, Any]]]]) -> Iterator[pa.Table]:
-        for _, rows in batches:
-            yield self._table(rows)
-
-    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        rows, self.markers = rows + self.markers, []
-        return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-
-
-def _row(event: str, item_id: str, record: Any, modality: str,
-         duration_s: float | None) -> dict[str, Any]:
-    return {"event": event, "item_id": item_id, "modality": modality,
-            "duration_s": duration_s, "blob": pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),
-            "vector": None, "encode_s": None}
-
-
 # --- encode actors ------------------------------------------------------------------------
 
 
@@ -280,9 +166,9 @@ class EncodeActor:
         started = time.perf_counter()
         kept, vectors, rejected = encode_prepared(self.encoder, [pickle.loads(r["blob"]) for r in rows])
         spent = time.perf_counter() - started
-        out = [{**_row("segment", s.item_id, s, modality, duration[s.item_id]),
+        out = [{**row_for("segment", s.item_id, s, modality, duration[s.item_id]),
                 "vector": v.astype(np.float32).tobytes()} for s, v in zip(kept, vectors, strict=True)]
-        out += [_row("rejected", r.item_id, r, modality, None) for r in rejected]
+        out += [row_for("rejected", r.item_id, r, modality, None) for r in rejected]
         out[0]["encode_s"] = spent
         return out
 
@@ -291,35 +177,77 @@ class EncodeActor:
 
 
 def _run(ctx: RunContext, stream: Iterator[PlannedEntry], collector: Collector) -> None:
-    settings = ctx.settings
     DataContext.get_current().enable_progress_bars = False
     DataContext.get_current().print_on_execution_start = False
-    tasks = settings.decode_workers
-    work = Queue(maxsize=tasks * QUEUE_PER_TASK, actor_options={"num_cpus": 0})
+    work, gate = _queues(ctx.settings.decode_workers * QUEUE_PER_TASK)
     lock = threading.Lock()
-    feeder = _Feeder(ctx, stream, work, collector, lock, tasks)
+    feeder = _Feeder(ctx, stream, work, gate, collector, lock)
     try:
-        for table in _dataset(ctx, work).iter_batches(batch_size=None, batch_format="pyarrow"):
-            with lock:
-                _handle(collector, table)
-                collector.tick()
+        _stream_results(ctx, work, gate, collector, lock)
         feeder.join_and_raise()
+        _retry_lost(ctx, collector, lock, feeder.handed)
         with lock:
             collector.close()
     finally:
         feeder.stop()
-        ray.kill(work.actor)
+        for queue in (work, gate):
+            ray.kill(queue.actor)
         collector.abandon()
 
 
-def _dataset(ctx: RunContext, work: Queue) -> ray.data.Dataset:
+def _queues(maxsize: int) -> tuple[Queue, Queue]:
+    """The work queue, and the gate the driver closes (one put) after its last job."""
+    return (Queue(maxsize=maxsize, actor_options={"num_cpus": 0}),
+            Queue(maxsize=1, actor_options={"num_cpus": 0}))
+
+
+def _stream_results(ctx: RunContext, work: Queue, gate: Queue, collector: Collector,
+                    lock: threading.Lock) -> None:
+    for table in _dataset(ctx, work, gate).iter_batches(batch_size=None, batch_format="pyarrow"):
+        with lock:
+            _handle(collector, table)
+            collector.tick()
+
+
+def _retry_lost(ctx: RunContext, collector: Collector, lock: threading.Lock,
+                handed: dict[str, tuple[MediaItem, str]]) -> None:
+    """Decode again the items a dead worker took with it, then give up on them.
+
+    Ray retries a task whose worker died, but the retry reads the queue afresh:
+    jobs the dead attempt had taken never report back. Once the stream has
+    ended, every item still unsettled is such a job (or lost an encoded block
+    with the worker); it gets ``LOST_ITEM_PASSES`` more tries, then a rejection
+    that says the next run retries it. Never a silent gap in the report.
+    """
+    for _ in range(LOST_ITEM_PASSES):
+        lost = [handed[i] for i in list(collector.items) if i in handed]
+        if not lost:
+            return
+        work, gate = _queues(0)
+        try:
+            with lock:
+                for item, path in lost:
+                    collector.restart(item.item_id)
+                    work.put((item, path))
+            gate.put(True)
+            _stream_results(ctx, work, gate, collector, lock)
+        finally:
+            for queue in (work, gate):
+                ray.kill(queue.actor)
+    with lock:
+        for item_id in list(collector.items):
+            collector.lost(item_id, f"lost with failed Ray workers {LOST_ITEM_PASSES + 1} times; "
+                           "the next run retries it")
+
+
+def _dataset(ctx: RunContext, work: Queue, gate: Queue) -> ray.data.Dataset:
     settings = ctx.settings
     gpus = ray.cluster_resources().get("GPU", 0) >= 1 and settings.device != "cpu"
     decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1),
                                        settings.decode_workers, settings.encode_actors)
     here = ray.get_runtime_context().get_node_id()
     ds = ray.data.read_datasource(
-        WorkQueueDatasource(work, settings.decode_workers, settings, preparer_for(ctx, gpus)),
+        WorkQueueDatasource(work, gate, settings.decode_workers, settings, preparer_for(ctx, gpus)),
         override_num_blocks=settings.decode_workers, num_cpus=decode_cpu,
         label_selector={"ray.io/node-id": here})
     return ds.map_batches(
@@ -366,9 +294,10 @@ class _Feeder:
     """Planning on a driver thread: decisions go to the collector, work to the Ray queue."""
 
     def __init__(self, ctx: RunContext, stream: Iterator[PlannedEntry], work: Queue,
-                 collector: Collector, lock: threading.Lock, tasks: int) -> None:
-        self.ctx, self.stream, self.work = ctx, stream, work
-        self.collector, self.lock, self.tasks = collector, lock, tasks
+                 gate: Queue, collector: Collector, lock: threading.Lock) -> None:
+        self.ctx, self.stream, self.work, self.gate = ctx, stream, work, gate
+        self.collector, self.lock = collector, lock
+        self.handed: dict[str, tuple[MediaItem, str]] = {}  # every job put, by item id
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="ray-feeder")
@@ -378,14 +307,14 @@ class _Feeder:
         try:
             feed(self.stream, self._put_work, self._put_event)
         finally:
-            for _ in range(self.tasks):
-                self._put_queue(None)
+            self.gate.put(True)  # after the last job: decode tasks end once the queue drains
 
     def _put_work(self, planned: PlannedEntry) -> bool:
         item = planned.entry.item
         with self.lock:
             self.collector.begin(item, planned.entry.release)
-        return self._put_queue((item, str(planned.entry.path)))
+            self.handed[item.item_id] = (item, str(planned.entry.path))
+        return self._put_queue(self.handed[item.item_id])
 
     def _put_event(self, event: Any) -> bool:
         if isinstance(event, Failure):

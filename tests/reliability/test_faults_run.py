@@ -122,12 +122,6 @@ def test_after_a_killed_ray_worker_the_rerun_stores_every_point_once(killed_ray_
             rerun_s=run.rerun_s, points_lost=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "embed_workers/executors/ray.py: Ray Data fuses the work-queue read into the encode "
-    "actor; when that worker dies, Ray retries the read task, but the items the dead "
-    "attempt had taken from the driver's work queue (and its end marker, if taken) are "
-    "gone: the run either waits forever for an end marker or ends without those items "
-    "and without a report entry for them"))
 def test_a_killed_ray_worker_does_not_stop_or_shorten_the_run(killed_ray_run) -> None:
     run = killed_ray_run
     assert run.finished_by_itself and run.error is None
