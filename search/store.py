@@ -21,24 +21,23 @@ search is exact, which is fine for small collections.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from schemas.payload import FILE_LEVEL_INDEX, INDEXED_FIELDS, PAYLOAD_FIELDS, SegmentPolicy
+from schemas.payload import FILE_LEVEL_INDEX, INDEXED_FIELDS, SegmentPolicy
 from schemas.payload import collection_name as physical_name
 from schemas.records import EmbeddingRecord
 from schemas.settings import Settings, get_settings
 from search.backends import Backend, CollectionSpec, Group, Point, ScoredPoint, open_backend
 from search.backends.lock import StoreLockedError
 from search.filters import Match, Where, any_of, parse_where
+from search.records import check_id, check_record, check_vector, upsert_spans
 
 __all__ = ["Group", "Point", "ScoredPoint", "StoreLockedError", "VectorStore", "open_store"]
 
 VECTOR_DIM = 1024
-NORM_TOLERANCE = 1e-3  # records are L2-normalised float32; more drift means a bug upstream
 RETRY_ATTEMPTS = 5
 RETRY_BASE_S = 0.2
 ID_CHUNK = 512  # item ids per filter in completed_items / delete_items
@@ -138,8 +137,8 @@ class VectorStore:
             return
         name = self._write_name()
         spec = self._spec(name)
-        vectors = [_check_record(r, spec) for r in records]
-        for start, end in _upsert_spans(records, self.settings.upsert_batch):
+        vectors = [check_record(r, spec) for r in records]
+        for start, end in upsert_spans(records, self.settings.upsert_batch):
             ids = [r.point_id for r in records[start:end]]
             payloads = [r.payload for r in records[start:end]]
             stacked = np.stack(vectors[start:end])
@@ -221,10 +220,10 @@ class VectorStore:
         if model_id is not None and model_id != spec["model_id"]:
             raise ValueError(f"the query was embedded with {model_id!r} but {self.alias!r} "
                              f"holds {spec['model_id']!r} vectors; they are not comparable")
-        return name, _check_vector(vector, spec["dim"], unit=False)
+        return name, check_vector(vector, spec["dim"], unit=False)
 
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        return self.backend.retrieve(self._read_name(), [_check_id(i) for i in ids], with_vectors)
+        return self.backend.retrieve(self._read_name(), [check_id(i) for i in ids], with_vectors)
 
     def scroll(self, where: Where_ = None, limit: int = 100) -> list[Point]:
         """Up to ``limit`` points matching ``where``, in id order."""
@@ -336,50 +335,6 @@ def open_store(settings: Settings | None = None, *, backend: str | None = None) 
     return VectorStore(open_backend(backend or settings.store_kind, settings), settings)
 
 
-# --- validation ------------------------------------------------------------------------
-
-
-def _check_id(point_id: str) -> str:
-    try:
-        return str(uuid.UUID(str(point_id)))
-    except ValueError:
-        raise ValueError(f"point id {point_id!r} is not a UUID (see schemas.point_id)") from None
-
-
-def _check_vector(vector: Any, dim: int, *, unit: bool) -> np.ndarray:
-    arr = np.asarray(vector, dtype=np.float32)
-    if arr.shape != (dim,):
-        raise ValueError(f"vector has shape {arr.shape}, the collection holds ({dim},)")
-    if not np.isfinite(arr).all():
-        raise ValueError("vector holds NaN or infinite values")
-    norm = float(np.linalg.norm(arr))
-    if norm == 0.0:
-        raise ValueError("vector is all zeros: cosine similarity is undefined")
-    if unit and abs(norm - 1.0) > NORM_TOLERANCE:
-        raise ValueError(f"vector norm is {norm:.4f}; records must be L2-normalised")
-    return arr
-
-
-def _check_record(record: EmbeddingRecord, spec: Mapping[str, Any]) -> np.ndarray:
-    _check_id(record.point_id)
-    where = f"record {record.point_id}"
-    unknown = set(record.payload) - set(PAYLOAD_FIELDS)
-    if unknown:
-        raise ValueError(f"{where}: unknown payload fields {sorted(unknown)}")
-    if not isinstance(record.payload.get("item_id"), str) or not record.payload["item_id"]:
-        raise ValueError(f"{where}: payload needs an item_id")
-    if not isinstance(record.payload.get("source_uri", []), list):
-        raise ValueError(f"{where}: payload source_uri must be a list of paths")
-    for key in ("model_id", "policy"):
-        if record.payload.get(key, spec[key]) != spec[key]:
-            raise ValueError(f"{where}: {key} {record.payload[key]!r} does not match the "
-                             f"collection's {spec[key]!r}")
-    try:
-        return _check_vector(record.vector, spec["dim"], unit=True)
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-
-
 # --- small helpers ---------------------------------------------------------------------
 
 
@@ -423,24 +378,6 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _upsert_spans(records: Sequence[EmbeddingRecord], size: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` spans of about ``size`` records that never split the file-level
-    points of one item: they mark the item complete together (a video's vision and
-    audio), so one upsert (atomic in Qdrant) must carry all of them."""
-    start = 0
-    while start < len(records):
-        end = min(start + size, len(records))
-        while end < len(records) and _same_item_file_level(records[end - 1], records[end]):
-            end += 1
-        yield start, end
-        start = end
-
-
-def _same_item_file_level(a: EmbeddingRecord, b: EmbeddingRecord) -> bool:
-    return (a.payload.get("segment_index") == b.payload.get("segment_index") == FILE_LEVEL_INDEX
-            and a.payload.get("item_id") == b.payload.get("item_id"))
 
 
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
