@@ -98,14 +98,24 @@ def prune(source: str, collection: str | None = None) -> dict[str, Any]:
         stored = stored_items_stage(source, overrides)
         scan = scan_stage(source, overrides)
         check_scan_complete(stored, scan["unread"])
-        gone = {i: uris for i, uris in stored.items() if i not in scan["present"]}
+        unverified = unverified_items(stored, scan["unread"])
+        gone = {i: uris for i, uris in stored.items()
+                if i not in scan["present"] and i not in unverified}
         moved = stale_locations(source, stored, scan["present"])
         removed = delete_stage(source, overrides, gone) if gone else 0
         relocated = relocate_stage(overrides, moved) if moved else 0
     print(f"prune {source}: {len(stored)} stored items, {len(gone)} gone ({removed} points "
-          f"removed), {relocated} with paths updated")
+          f"removed), {relocated} with paths updated, {len(unverified)} kept unverified")
     return {"source": source, "items_stored": len(stored), "items_gone": len(gone),
-            "points_removed": removed, "items_relocated": relocated, "gone": sorted(gone)}
+            "points_removed": removed, "items_relocated": relocated, "gone": sorted(gone),
+            "unverified": sorted(unverified)}
+
+
+def unverified_items(stored: Mapping[str, list[str]], unread: list[str]) -> set[str]:
+    """Stored items at a path the scan refused without reading (a read error, a limit
+    lowered since ingestion): their bytes may well still be there, so they are kept."""
+    return {item_id for item_id, uris in stored.items()
+            if any(_in_source(uri, path) for uri in uris for path in unread)}
 
 
 def stale_locations(source: str, stored: Mapping[str, list[str]],

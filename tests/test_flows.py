@@ -214,6 +214,22 @@ def test_prune_keeps_the_new_version_of_a_file_edited_in_place(home, tmp_path):
     assert paths_of(new_id) == [str(note)]
 
 
+def test_prune_keeps_a_file_the_scan_could_not_read(home, tmp_path, monkeypatch):
+    """A limit lowered since ingestion (or a read error) refuses a file unread: its bytes
+    may well still be there, so its points stay and the result says it is unverified."""
+    folder = notes(tmp_path / "notes", **{"big.txt": "a long note about the sea " * 20,
+                                           "small.txt": "a bird\n"})
+    ingest_archive(str(folder))
+    big = item_at(folder / "big.txt")
+    before = stored(archive=str(folder))
+    monkeypatch.setenv("MEDIABIND_MAX_MEMBER_BYTES", "100")
+
+    result = prune(str(folder))
+
+    assert result["gone"] == [] and result["unverified"] == [big]
+    assert stored(archive=str(folder)) == before
+
+
 def test_prune_after_a_move_and_a_new_file_at_the_old_path_keeps_both(home, tmp_path):
     folder = notes(tmp_path / "notes", **{"a.txt": "file P, about owls\n"})
     a, b = folder / "a.txt", folder / "b.txt"
