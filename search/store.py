@@ -80,10 +80,10 @@ class VectorStore:
         elif self._spec(name)["dim"] != dim:
             raise ValueError(f"collection {name} holds {self._spec(name)['dim']}-d vectors, "
                              f"not {dim}-d")
-        current = self.backend.get_alias(self.alias)
-        # An alias behind which nothing was ever written (say, a first run that failed
-        # before writing) is not worth keeping: point it at the collection now in use.
-        if current is None or (current != name and self.backend.count(current, None) == 0):
+        # Only an unset alias is pointed here: moving one is a reembed's explicit swap.
+        # (Callers check the source and the weights first, so a run that cannot start
+        # creates nothing.)
+        if self.backend.get_alias(self.alias) is None:
             self.backend.set_alias(self.alias, name)
         self._target = name
         return name
