@@ -62,6 +62,7 @@ def test_user_errors_exit_non_zero_with_one_line(env, tmp_path, capsys, argv, me
 def test_a_failed_first_run_does_not_pin_the_alias(env, tmp_path, capsys) -> None:
     """A missing source creates nothing; a run that wrote nothing (no checkpoint for the
     default preset) leaves an empty collection that the next real ingest takes over."""
+    from schemas import Settings
     from search.store import open_store
 
     assert main(["ingest", str(tmp_path / "missing")]) == 2
@@ -70,5 +71,5 @@ def test_a_failed_first_run_does_not_pin_the_alias(env, tmp_path, capsys) -> Non
     assert main(["ingest", str(env), "--preset", "imagebind_tiny"]) == 0
     _, err = capsys.readouterr()
     assert "note: searches through" not in err
-    with open_store() as store:
+    with open_store(Settings()) as store:  # not get_settings(): cached by earlier tests
         assert store.collection_info()["model_id"].startswith("imagebind_tiny")

@@ -37,6 +37,7 @@ class ItemState:
 
     item: MediaItem
     release: Callable[[], None] | None = None
+    path: str | None = None  # where its bytes are, to decode it again (Ray lost-item passes)
     duration_s: float | None = None
     expected: dict[str, int] | None = None  # set by ItemDecoded
     settled: Counter[str] = field(default_factory=Counter)  # written or rejected, per modality
@@ -101,8 +102,9 @@ class Collector:
             self._outcome(p.entry.item, Outcome.DUPLICATE)
         self.tick()
 
-    def begin(self, item: MediaItem, release: Callable[[], None] | None = None) -> None:
-        self.items[item.item_id] = ItemState(item, release)
+    def begin(self, item: MediaItem, release: Callable[[], None] | None = None,
+              path: str | None = None) -> None:
+        self.items[item.item_id] = ItemState(item, release, path)
 
     # --- decode/encode events ---------------------------------------------------------------
     def started(self, event: ItemStarted) -> None:
@@ -150,7 +152,9 @@ class Collector:
     def restart(self, item_id: str) -> None:
         """Forget what a lost attempt delivered for an item, which is decoded again."""
         old = self.items[item_id]
-        self.items[item_id] = ItemState(old.item, old.release)
+        for rejected in old.rejections:  # the new attempt reports its own
+            self.report.rejected.remove(rejected)
+        self.items[item_id] = ItemState(old.item, old.release, old.path)
 
     def lost(self, item_id: str, reason: str) -> None:
         """Give up on an item this run: rejected (nothing written), retried next run."""

@@ -55,7 +55,7 @@ from embed_workers.pipeline import (
 from embed_workers.prepare import Preparer
 from embed_workers.preprocess import PreprocessOptions
 from ingest.plan import Action, PlannedEntry
-from schemas import MediaItem, Segment, Settings
+from schemas import Segment, Settings
 
 QUEUE_PER_TASK = 2
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
@@ -185,7 +185,7 @@ def _run(ctx: RunContext, stream: Iterator[PlannedEntry], collector: Collector) 
     try:
         _stream_results(ctx, work, gate, collector, lock)
         feeder.join_and_raise()
-        _retry_lost(ctx, collector, lock, feeder.handed)
+        _retry_lost(ctx, collector, lock)
         with lock:
             collector.close()
     finally:
@@ -209,8 +209,7 @@ def _stream_results(ctx: RunContext, work: Queue, gate: Queue, collector: Collec
             collector.tick()
 
 
-def _retry_lost(ctx: RunContext, collector: Collector, lock: threading.Lock,
-                handed: dict[str, tuple[MediaItem, str]]) -> None:
+def _retry_lost(ctx: RunContext, collector: Collector, lock: threading.Lock) -> None:
     """Decode again the items a dead worker took with it, then give up on them.
 
     Ray retries a task whose worker died, but the retry reads the queue afresh:
@@ -220,7 +219,7 @@ def _retry_lost(ctx: RunContext, collector: Collector, lock: threading.Lock,
     that says the next run retries it. Never a silent gap in the report.
     """
     for _ in range(LOST_ITEM_PASSES):
-        lost = [handed[i] for i in list(collector.items) if i in handed]
+        lost = [(s.item, s.path) for s in collector.items.values() if s.path is not None]
         if not lost:
             return
         work, gate = _queues(0)
@@ -297,7 +296,6 @@ class _Feeder:
                  gate: Queue, collector: Collector, lock: threading.Lock) -> None:
         self.ctx, self.stream, self.work, self.gate = ctx, stream, work, gate
         self.collector, self.lock = collector, lock
-        self.handed: dict[str, tuple[MediaItem, str]] = {}  # every job put, by item id
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="ray-feeder")
@@ -311,10 +309,10 @@ class _Feeder:
 
     def _put_work(self, planned: PlannedEntry) -> bool:
         item = planned.entry.item
+        path = str(planned.entry.path)
         with self.lock:
-            self.collector.begin(item, planned.entry.release)
-            self.handed[item.item_id] = (item, str(planned.entry.path))
-        return self._put_queue(self.handed[item.item_id])
+            self.collector.begin(item, planned.entry.release, path)
+        return self._put_queue((item, path))
 
     def _put_event(self, event: Any) -> bool:
         if isinstance(event, Failure):

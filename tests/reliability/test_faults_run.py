@@ -124,6 +124,7 @@ def test_after_a_killed_ray_worker_the_rerun_stores_every_point_once(killed_ray_
 
 def test_a_killed_ray_worker_does_not_stop_or_shorten_the_run(killed_ray_run) -> None:
     run = killed_ray_run
+    assert run.killed_pid is not None, "no busy encode worker was found to kill"
     assert run.finished_by_itself and run.error is None
     assert run.items_completed == run.items_seen == run.items
 

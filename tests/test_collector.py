@@ -1,0 +1,78 @@
+"""The driver-side collector: items lost with a worker are decoded again or given up, once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embed_workers.executors import make_context
+from embed_workers.executors.collect import Collector
+from embed_workers.pipeline import ItemDecoded, ItemStarted
+from embed_workers.report import Outcome
+from schemas import FILE_LEVEL_INDEX, Kind, MediaItem, Modality, Rejected, Segment, Settings, Stage
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def write(self, records) -> None:
+        self.records.extend(records)
+
+    def completed_items(self, item_ids) -> set[str]:
+        return set()
+
+    def add_locations(self, item_id, source_uris) -> None:
+        pass
+
+
+@pytest.fixture
+def collector(tmp_path):
+    sink = ListSink()
+    settings = Settings(home=tmp_path, preset="imagebind_tiny")
+    ctx = make_context(str(tmp_path), sink, settings=settings, executor="local", encoder=None,
+                       run_id="r1", manifest=None, progress=None)
+    return Collector(ctx), sink
+
+
+def item(name: str) -> MediaItem:
+    return MediaItem(name, "/data", f"{name}.txt", 10, Kind.TEXT, locations=(f"/data/{name}.txt",))
+
+
+def deliver(collector: Collector, it: MediaItem) -> None:
+    """A whole clean attempt: one text segment, encoded, then the end of its decode."""
+    collector.started(ItemStarted(it.item_id, None))
+    vector = np.zeros(1024, np.float32)
+    vector[0] = 1.0
+    collector.encoded([Segment(it.item_id, Modality.TEXT, Kind.TEXT, 0, None, None, "hi")],
+                      vector[None])
+    collector.decoded(ItemDecoded(it.item_id, {"text": 1}, 0.0))
+
+
+def test_a_restarted_item_is_written_once_with_only_its_new_rejections(collector):
+    coll, sink = collector
+    released = []
+    it = item("a")
+    coll.begin(it, lambda: released.append(1), "/spool/a")
+    coll.rejected(Rejected(it.item_id, "", Stage.EMBED, "from the lost attempt"), modality="text")
+    assert len(coll.report.rejected) == 1
+    coll.restart(it.item_id)
+    assert coll.report.rejected == [] and coll.items[it.item_id].path == "/spool/a"
+    deliver(coll, it)
+    coll.close()
+    assert [r.payload["segment_index"] for r in sink.records] == [0, FILE_LEVEL_INDEX]
+    assert released == [1]  # the spooled bytes went once the item settled
+    assert [o.outcome for o in coll.report.outcomes] == [Outcome.INGESTED]
+
+
+def test_a_lost_item_is_rejected_once_and_its_bytes_released(collector):
+    coll, sink = collector
+    released = []
+    it = item("b")
+    coll.begin(it, lambda: released.append(1), "/spool/b")
+    coll.lost(it.item_id, "lost with failed Ray workers")
+    coll.close()
+    assert sink.records == [] and released == [1] and coll.items == {}
+    (rejected,) = coll.report.rejected
+    assert rejected.uri == "/data/b.txt" and "failed Ray workers" in rejected.reason
+    assert [o.outcome for o in coll.report.outcomes] == [Outcome.REJECTED]
