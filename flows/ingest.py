@@ -289,9 +289,10 @@ def check_reembed(current: Mapping[str, Any], new_physical: str,
                          "preset or segment policy")
     missing = [s for s in current["sources"] if not _reachable(s)]
     if missing:
-        raise FileNotFoundError(f"sources of the current collection are gone: {missing}; "
-                                "run prune on them first, or the new collection would lack "
-                                "their items")
+        raise FileNotFoundError(
+            f"sources of the current collection are gone: {missing}; the new collection would "
+            "lack their items. Delete their points first (search.store: "
+            "open_store().delete_source(SOURCE)), or restore the sources")
     lost = {s: m for s, m in manifests.items() if m is not None and not Path(m).is_file()}
     if lost:
         raise FileNotFoundError(f"manifests recorded for sources are gone: {lost}; restore "

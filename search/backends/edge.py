@@ -120,15 +120,20 @@ class EdgeBackend(Backend):
         return dict(self._catalog["collections"][name])
 
     def drop_collection(self, name: str) -> None:
-        # Catalog first: a crash before the folder is gone leaves an orphan folder that
-        # create_collection would adopt, never a catalog entry without its data.
+        # The folder is renamed to a tombstone first (atomic), so a crash at any point
+        # leaves no folder under the collection's name for create_collection to adopt
+        # (which would bring the dropped points back); then the catalog, then the data.
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
+        folder = self._folder(name)
+        tombstone = folder.with_name(f".dropped-{name}-{uuid.uuid4().hex[:8]}")
+        if folder.exists():
+            folder.rename(tombstone)
         catalog = json.loads(json.dumps(self._catalog))
         catalog["collections"].pop(name, None)
         self._write_catalog(catalog)
-        shutil.rmtree(self._folder(name), ignore_errors=True)
+        shutil.rmtree(tombstone, ignore_errors=True)  # a leftover tombstone is only disk
 
     def aliases_of(self, name: str) -> list[str]:
         return sorted(a for a, target in self._catalog["aliases"].items() if target == name)
