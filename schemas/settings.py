@@ -126,3 +126,25 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings from the environment, read once per process."""
     return Settings()
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md), generated from the fields above
+    so the doc cannot drift from the code: ``mediabind info --config-reference``."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        env = field.validation_alias or f"MEDIABIND_{name.upper()}"
+        default = "~/.mediabind" if field.default_factory else repr(field.default)
+        rows.append(f"| `{env}` | `{default}` | {field.description or ''} |")
+    return "\n".join([
+        "# Configuration reference",
+        "",
+        "Every setting is an environment variable (generated from `schemas/settings.py` by",
+        "`mediabind info --config-reference > docs/configuration.md`; a test keeps the two",
+        "equal).",
+        "`mediabind info` prints the effective values.",
+        "",
+        *rows,
+        "",
+    ])
+

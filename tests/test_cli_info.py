@@ -30,3 +30,13 @@ def test_info_finds_a_checkpoint_in_the_cache(home, capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert str(home / "checkpoints" / "imagebind_huge.pth") in out
+
+
+def test_the_configuration_reference_in_docs_matches_the_settings(capsys):
+    from pathlib import Path
+
+    assert main(["info", "--config-reference"]) == 0
+    generated = capsys.readouterr().out
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == generated, "regenerate: mediabind info --config-reference"
+    assert "`MEDIABIND_ACCEPT_LICENSE`" in generated and "`QDRANT_URL`" in generated

@@ -12,6 +12,8 @@ from schemas import MODALITIES, Settings
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("info", help="show settings, model, checkpoint and store status")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--config-reference", action="store_true",
+                        help="print every setting (Markdown), as in docs/configuration.md")
     return parser
 
 
@@ -57,6 +59,11 @@ def collect(settings: Settings) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config_reference:
+        from schemas.settings import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
     info = collect(Settings())
     if args.json:
         print(json.dumps(info, indent=2, default=str))
