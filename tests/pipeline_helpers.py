@@ -45,7 +45,7 @@ GOOD_FILES: dict[str, Kind] = {
 }
 
 
-# Archive member → tests/media.py recipe (H4's generated media).
+# Archive member → tests/media.py recipe (generated media).
 FROM_LIBRARY = {
     "clips/tone.mp4": "colour_mp4",
     "clips/bars.mkv": "colour_mkv",
