@@ -40,6 +40,7 @@ from schemas import (
     Stage,
     get_settings,
 )
+from schemas.ledger import Ledger
 from schemas.payload import build_payload
 
 if TYPE_CHECKING:
@@ -56,12 +57,15 @@ NORM_TOLERANCE = 1e-2
 def run_ingest(source: str, sink: PointSink, *, settings: Settings | None = None,
                executor: str | None = None, encoder: Encoder | None = None,
                run_id: str | None = None, manifest: str | None = None,
-               progress: ProgressCallback | None = None) -> RunReport:
+               progress: ProgressCallback | None = None,
+               ledger: Ledger | None = None, notes: Sequence[str] = ()) -> RunReport:
     """Ingest ``source`` into ``sink`` and return the run report (also written to disk).
 
     Incremental and resumable: items the sink reports complete are skipped,
     and point ids are deterministic, so a run killed at any moment and
-    restarted leaves every point stored exactly once. A bad file becomes a
+    restarted leaves every point stored exactly once. With a ``ledger``, objects
+    it holds as settled and unchanged are not read at all, and what this run
+    settles is recorded there after its points are stored. A bad file becomes a
     ``Rejected`` entry in the report; only a failing sink (or a user error
     such as a missing source) stops the run, and the report still records it.
     """
@@ -70,7 +74,8 @@ def run_ingest(source: str, sink: PointSink, *, settings: Settings | None = None
     settings = settings or get_settings()
     ctx = make_context(source, sink, settings=settings, executor=executor or settings.executor,
                        encoder=encoder, run_id=run_id or new_run_id(), manifest=manifest,
-                       progress=progress)
+                       progress=progress, ledger=ledger)
+    ctx.report.notes.extend(notes)
     try:
         get_executor(ctx.executor)(ctx)
     except BaseException as exc:

@@ -29,6 +29,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # already complete in the store
     DUPLICATE = "duplicate"  # same bytes as another item; location added
     REJECTED = "rejected"
+    UNCHANGED = "unchanged"  # settled by an earlier run and unchanged since: not read
 
 
 STAGES = ("source", "decode", "preprocess", "encode", "store")
@@ -68,6 +69,9 @@ class RunReport:
     items_seen: int = 0
     items_skipped: int = 0
     items_duplicate: int = 0
+    items_unchanged: int = 0  # listed objects (files or whole archives) the ledger settled
+    source_bytes_read: int = 0  # content bytes read (hashed) from the source
+    notes: list[str] = field(default_factory=list)
     items_ingested: Counter[str] = field(default_factory=Counter)  # per modality
     items_completed: int = 0
     segments_written: Counter[str] = field(default_factory=Counter)  # per modality
@@ -123,6 +127,8 @@ class RunReport:
             "wall_seconds": self.wall_seconds,
             "items_seen": self.items_seen, "items_skipped": self.items_skipped,
             "items_duplicate": self.items_duplicate, "items_completed": self.items_completed,
+            "items_unchanged": self.items_unchanged, "source_bytes_read": self.source_bytes_read,
+            "notes": list(self.notes),
             "items_ingested": dict(self.items_ingested),
             "items_rejected": len(self.rejected_items()),
             "segments_written": dict(self.segments_written),
@@ -155,12 +161,14 @@ class RunReport:
             + (f"  FAILED: {self.error}" if self.error else ""),
             f"  items: {self.items_seen} seen, {self.items_completed} ingested, "
             f"{self.items_skipped} skipped (already stored), {self.items_duplicate} duplicate, "
-            f"{len(self.rejected_items())} rejected",
+            f"{len(self.rejected_items())} rejected; {self.items_unchanged} unchanged since the "
+            f"last run (not read); {self.source_bytes_read} source bytes read",
             f"  points: {self.points_written} written; segments {_counts(self.segments_written)}",
             f"  media: {self.media_seconds:.1f} s in {self.wall_seconds:.1f} s wall "
             f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
             "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items()),
         ]
+        lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  rejected [{r.stage}] {r.uri}: {r.reason}" for r in self.rejected[:20]]
         if len(self.rejected) > 20:
             lines.append(f"  ... and {len(self.rejected) - 20} more (see items.parquet)")
@@ -171,6 +179,8 @@ class RunReport:
         rows = [
             ("items seen", self.items_seen), ("items ingested", self.items_completed),
             ("items skipped", self.items_skipped), ("duplicates", self.items_duplicate),
+            ("unchanged, not read", self.items_unchanged),
+            ("source bytes read", self.source_bytes_read),
             ("items rejected", len(self.rejected_items())), ("points written", self.points_written),
             ("media seconds", f"{self.media_seconds:.1f}"), ("wall seconds", f"{self.wall_seconds:.1f}"),
             ("media s per wall s", f"{t['media_s_per_s']:.2f}"),
@@ -181,6 +191,7 @@ class RunReport:
                 f"policy `{self.policy}`.", ""]
         if self.error:
             text += [f"**Failed:** {self.error}", ""]
+        text += [f"Note: {n}" for n in self.notes] + ([""] if self.notes else [])
         text += ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         if self.rejected:
             text += ["", "## Rejected", "", "| stage | uri | reason |", "|---|---|---|"]

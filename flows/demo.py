@@ -94,7 +94,8 @@ def ingest_stage(archive: Path, preset: str) -> dict[str, Any]:
 
     summary = ingest_archive(str(archive), collection=demo_alias(preset), preset=preset)
     print(f"ingested through the flow: {summary['items_completed']} new items, "
-          f"{summary['items_skipped']} already stored, {summary['points_written']} points "
+          f"{summary['items_unchanged'] + summary['items_skipped']} already stored, "
+          f"{summary['points_written']} points "
           f"written into {summary['collection']} (alias {summary['alias']}); "
           f"report {summary['report']}")
     if summary["items_rejected"]:

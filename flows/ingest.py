@@ -1,21 +1,21 @@
 """Prefect flows: ingest an archive, re-embed a collection (blue/green); prune is in flows/prune.py.
 
-Orchestration only: the work is ``embed_workers.pipeline.run_ingest`` and
-``search.store``. Tasks pass references (sources, run ids, collection names,
-report paths, counts), never arrays, and there is one task per stage, never
-one per file or segment. The embedded store belongs to one process, so every
-task opens it in the flow's own process (tasks are called, not submitted)
-and closes it before the next task opens it again.
+Orchestration only: a run is started by ``flows.run.start_run`` (the one run
+entry the CLI and the demo use too) and the rest is ``search.store``. Tasks
+pass references (sources, run ids, collection names, report paths, counts),
+never arrays, and there is one task per stage, never one per file or segment.
+The embedded store belongs to one process, so every task opens it in the
+flow's own process (tasks are called, not submitted) and closes it before the
+next task opens it again.
 
-A failed flow is rerun as is: the pipeline skips items the store holds
-completely and point ids are deterministic, so a rerun resumes.
+A failed flow is rerun as is: the ledger and the store's completeness skip
+what is already stored and point ids are deterministic, so a rerun resumes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.locks import source_key, source_lock, source_slot
+from flows.locks import source_key
+from flows.run import (
+    PERMANENT_ERRORS,
+    check_run,
+    check_source,
+    opened_store,
+    recorded_manifest,
+    start_run,
+)
 from ingest.sources import normalise_source
 from schemas import FILE_LEVEL_INDEX, Settings, collection_name
 
-# I/O stages retry with exponential backoff (2, 4, 8 s, jittered); user errors do not.
+# I/O stages retry with exponential backoff (2, 4, 8 s, jittered); what no retry can fix
+# (``flows.run.PERMANENT_ERRORS``: a missing source or checkpoint, an unaccepted licence,
+# a store or source another process holds) fails at once.
 IO_RETRIES = 3
-NOT_RETRIED = (FileNotFoundError, PermissionError, ValueError, KeyError, LookupError)
 Overrides = Mapping[str, Any]
 
 
@@ -38,7 +47,7 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures only: a missing source stays missing."""
     try:
         state.result()
-    except NOT_RETRIED:
+    except PERMANENT_ERRORS:
         return False
     except Exception:
         return True
@@ -60,106 +69,53 @@ def model_id_of(settings: Settings) -> str:
     return get_preset(settings.preset).model_id
 
 
-@contextmanager
-def opened_store(settings: Settings) -> Iterator[Any]:
-    from search.store import open_store
-
-    store = open_store(settings)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 # --- ingest ------------------------------------------------------------------------------
 
 
-@task(name="plan", **IO_TASK)
-def plan_stage(source: str, overrides: Overrides) -> dict[str, str]:
-    """Check the source, create the collection (and alias) if needed, pick a run id."""
-    from embed_workers.pipeline import new_run_id
-
-    check_source(source)
-    settings = settings_for(overrides)
-    with opened_store(settings) as store:
-        physical = store.ensure_collection(model_id_of(settings), settings.policy)
-    return {"run_id": new_run_id(), "collection": physical, "alias": settings.collection}
-
-
-def check_source(source: str) -> None:
-    """A local source must exist now (URLs are checked when read)."""
-    if "://" in source and not source.startswith("file://"):
-        return
-    if not Path(source.removeprefix("file://")).exists():
-        raise FileNotFoundError(f"source {source} does not exist")
+@task(name="check", cache_policy=NO_CACHE)
+def check_stage(source: str, overrides: Overrides) -> str:
+    """Source, run id and weights, before anything is created; returns the run id."""
+    return check_run(source, settings_for(overrides)).run_id
 
 
 @task(name="run", **IO_TASK)
 def run_stage(source: str, overrides: Overrides, run_id: str,
               manifest: str | None) -> dict[str, Any]:
-    """Decode, embed and store everything new; returns where the report went."""
-    from embed_workers.pipeline import run_ingest
+    """The one run entry (``flows.run.start_run``); returns where the report went.
 
+    A retry resumes: what the failed attempt stored is skipped, through the ledger.
+    """
     settings = settings_for(overrides)
     logger = get_run_logger()
-    with opened_store(settings) as store:
-        store.ensure_collection(model_id_of(settings), settings.policy)  # the write target
-        report = run_ingest(source, store, settings=settings, executor=settings.executor,
-                            run_id=run_id, manifest=manifest,
-                            progress=lambda p: logger.info(p.line()))
-    folder = settings.runs_path / run_id
-    (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-    logger.info(report.summary())
-    return {"report": str(folder / "report.json"), "markdown": str(folder / "report.md")}
+    outcome = start_run(source, settings, executor=settings.executor, run_id=run_id,
+                        manifest=manifest, progress=lambda p: logger.info(p.line()))
+    logger.info(outcome.report.summary())
+    return {"report": str(outcome.report_json), "markdown": str(outcome.report_markdown),
+            "collection": outcome.collection, "alias": outcome.alias}
 
 
 @task(name="finalise", cache_policy=NO_CACHE)
-def finalise_stage(source: str, plan: Mapping[str, str], paths: Mapping[str, str]) -> dict[str, Any]:
+def finalise_stage(source: str, paths: Mapping[str, str]) -> dict[str, Any]:
     """Publish the report as a Markdown artifact; return the run's summary counts."""
     report = json.loads(Path(paths["report"]).read_text())
     create_markdown_artifact(Path(paths["markdown"]).read_text(), key=f"ingest-{source_key(source)}",
                              description=f"mediabind ingest of {source}")
-    return summarise(report, plan, paths["report"])
+    return summarise(report, paths)
 
 
-def summarise(report: Mapping[str, Any], plan: Mapping[str, str], path: str) -> dict[str, Any]:
+def summarise(report: Mapping[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
     keys = ("source", "run_id", "model_id", "policy", "items_seen", "items_completed",
-            "items_skipped", "items_duplicate", "items_rejected", "points_written")
-    return {**{k: report[k] for k in keys}, "collection": plan["collection"],
-            "alias": plan["alias"], "report": path}
+            "items_skipped", "items_duplicate", "items_unchanged", "items_rejected",
+            "points_written", "source_bytes_read")
+    return {**{k: report[k] for k in keys}, "collection": paths["collection"],
+            "alias": paths["alias"], "report": paths["report"]}
 
 
-def ingest_under_locks(source: str, overrides: Overrides, manifest: str | None) -> dict[str, Any]:
-    """plan → run → finalise while holding the source's slot and file lock; a manifest
-    that served a run is recorded for the source (``reembed`` replays it)."""
-    settings = settings_for(overrides)
-    with source_slot(source), source_lock(settings, source):
-        plan = plan_stage(source, overrides)
-        paths = run_stage(source, overrides, plan["run_id"], manifest)
-        if manifest is not None:
-            record_manifest(settings, source, manifest)
-        return finalise_stage(source, plan, paths)
-
-
-def manifest_record_path(settings: Settings, source: str) -> Path:
-    return settings.home / "manifests" / f"{source_key(source)}.json"
-
-
-def record_manifest(settings: Settings, source: str, manifest: str) -> None:
-    """Remember the last manifest given for ``source`` (one small JSON per source, written
-    under the source's lock, so runs of other sources never race on it)."""
-    path = manifest_record_path(settings, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"source": source, "manifest": str(Path(manifest).expanduser().resolve())}
-    path.write_text(json.dumps(record), encoding="utf-8")
-
-
-def recorded_manifest(settings: Settings, source: str) -> str | None:
-    """The manifest last used to ingest ``source`` (None: it was ingested without one)."""
-    path = manifest_record_path(settings, source)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))["manifest"]
+def ingest_source(source: str, overrides: Overrides, manifest: str | None) -> dict[str, Any]:
+    """check → run → finalise; the run task takes the source's locks (``start_run``)."""
+    run_id = check_stage(source, overrides)
+    paths = run_stage(source, overrides, run_id, manifest)
+    return finalise_stage(source, paths)
 
 
 @flow(name="ingest-archive", log_prints=True)
@@ -175,7 +131,7 @@ def ingest_archive(source: str, collection: str | None = None, executor: str = "
     """
     source = normalise_source(source)
     overrides = {"collection": collection, "executor": executor, "preset": preset}
-    return ingest_under_locks(source, overrides, manifest)
+    return ingest_source(source, overrides, manifest)
 
 
 # --- reembed -----------------------------------------------------------------------------
@@ -262,7 +218,7 @@ def reembed(collection: str | None = None, preset: str | None = None,
     new_physical = planned_collection(target)
     manifests = source_manifests(settings_for(base), current["sources"])
     check_reembed(current, new_physical, manifests)
-    runs = [ingest_under_locks(src, target, manifests[src]) for src in current["sources"]]
+    runs = [ingest_source(src, target, manifests[src]) for src in current["sources"]]
     check_complete(verify_stage(target), current["physical"], new_physical, force)
     swapped = swap_stage(base, new_physical, drop_old)
     print(f"alias {swapped['alias']!r}: {swapped['old']} -> {swapped['new']}")

@@ -13,8 +13,9 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.ingest import IO_TASK, Overrides, check_source, opened_store, settings_for
+from flows.ingest import IO_TASK, Overrides, settings_for
 from flows.locks import source_lock, source_slot
+from flows.run import check_source, opened_store
 from ingest.sources import normalise_source
 
 

@@ -23,6 +23,7 @@ Anything else is unsupported: ``classify`` says why in ``Detection.reason``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +230,17 @@ def _mime_for(kind: Kind, container_mime: str) -> str:
     # An audio-only MP4/Matroska/Ogg is served as audio, a video Ogg as video.
     major = "video" if kind is Kind.VIDEO else "audio"
     return f"{major}/{container_mime.split('/', 1)[1]}"
+
+
+@functools.cache
+def registry_fingerprint() -> str:
+    """A short hash of what detection knows (kinds, names, signatures, extensions).
+
+    The ledger stores it with each refusal of an unknown kind: once the registry
+    changes (a new modality or file convention), those files are read again.
+    """
+    import hashlib
+
+    known = [sorted(k.value for k in Kind), sorted(NAMING), [s.name for s in MAGIC],
+             sorted(TEXT_EXTENSIONS), sorted(MEDIA_EXTENSIONS)]
+    return hashlib.sha256(repr(known).encode()).hexdigest()[:16]

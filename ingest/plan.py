@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from schemas import PointSink, Rejected
 
 if TYPE_CHECKING:
-    from ingest.sources import SourceEntry
+    from ingest.sources import ContainerEnd, SourceEntry, Unchanged
+
+    Streamed = SourceEntry | Rejected | Unchanged | ContainerEnd
 
 PLAN_BATCH_ITEMS = 32
 PLAN_BATCH_BYTES = 1 << 30
@@ -32,24 +34,32 @@ class Action(StrEnum):
     SKIP = "skip"  # the store already holds the complete item
     DUPLICATE = "duplicate"  # same bytes seen at another path: remember the location only
     REJECT = "reject"  # the source could not hand the entry over
+    UNCHANGED = "unchanged"  # the ledger holds it settled and it did not change: not read
+    CONTAINER = "container"  # a top-level archive was read through (its ledger entry)
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedEntry:
-    """One decision; ``entry`` is set for every action but REJECT."""
+    """One decision; ``entry`` is set for INGEST, SKIP and DUPLICATE."""
 
     action: Action
     entry: SourceEntry | None = None
     rejected: Rejected | None = None
+    unchanged: Unchanged | None = None
+    container: ContainerEnd | None = None
 
     @property
     def uri(self) -> str:
         if self.entry is not None:
             return self.entry.item.source_uri
+        if self.unchanged is not None:
+            return self.unchanged.entry.uri
+        if self.container is not None:
+            return self.container.listed.uri
         return self.rejected.uri if self.rejected is not None else ""
 
 
-def plan_entries(stream: Iterable[SourceEntry | Rejected], sink: PointSink, *,
+def plan_entries(stream: Iterable[Streamed], sink: PointSink, *,
                  batch_items: int = PLAN_BATCH_ITEMS,
                  batch_bytes: int = PLAN_BATCH_BYTES) -> Iterator[PlannedEntry]:
     """Classify a source stream, asking the sink once per batch what is complete.
@@ -59,7 +69,7 @@ def plan_entries(stream: Iterable[SourceEntry | Rejected], sink: PointSink, *,
     consumer once decoded. If the consumer stops early, entries not yet
     handed out are released.
     """
-    batch: list[SourceEntry | Rejected] = []
+    batch: list[Streamed] = []
     try:
         for entry in stream:
             batch.append(entry)
@@ -68,13 +78,19 @@ def plan_entries(stream: Iterable[SourceEntry | Rejected], sink: PointSink, *,
         yield from _drain(batch, sink)
     finally:
         for entry in batch:
-            if not isinstance(entry, Rejected):
+            if _is_entry(entry):
                 entry.release()
 
 
-def _drain(batch: list[SourceEntry | Rejected], sink: PointSink) -> Iterator[PlannedEntry]:
+def _is_entry(record: Streamed) -> bool:
+    from ingest.sources import SourceEntry
+
+    return isinstance(record, SourceEntry)
+
+
+def _drain(batch: list[Streamed], sink: PointSink) -> Iterator[PlannedEntry]:
     """Decide a batch and hand it out, removing each entry from ``batch`` as it goes."""
-    fresh = {e.item.item_id for e in batch if not isinstance(e, Rejected) and not e.duplicate}
+    fresh = {e.item.item_id for e in batch if _is_entry(e) and not e.duplicate}
     complete = sink.completed_items(sorted(fresh)) if fresh else set()
     while batch:
         planned = _classify(batch.pop(0), complete)
@@ -83,13 +99,19 @@ def _drain(batch: list[SourceEntry | Rejected], sink: PointSink) -> Iterator[Pla
         yield planned
 
 
-def _spooled_bytes(batch: list[SourceEntry | Rejected]) -> int:
-    return sum(e.item.size_bytes for e in batch if not isinstance(e, Rejected))
+def _spooled_bytes(batch: list[Streamed]) -> int:
+    return sum(e.item.size_bytes for e in batch if _is_entry(e))
 
 
-def _classify(entry: SourceEntry | Rejected, complete: set[str]) -> PlannedEntry:
+def _classify(entry: Streamed, complete: set[str]) -> PlannedEntry:
+    from ingest.sources import ContainerEnd, Unchanged
+
     if isinstance(entry, Rejected):
         return PlannedEntry(Action.REJECT, rejected=entry)
+    if isinstance(entry, Unchanged):
+        return PlannedEntry(Action.UNCHANGED, unchanged=entry)
+    if isinstance(entry, ContainerEnd):
+        return PlannedEntry(Action.CONTAINER, container=entry)
     if entry.duplicate:
         return PlannedEntry(Action.DUPLICATE, entry=entry)
     if entry.item.item_id in complete:

@@ -98,3 +98,8 @@ class Rejected:
     uri: str
     stage: Stage
     reason: str
+    # True when the next run may well succeed (a worker lost, a model failure): the
+    # ledger then lets it retry; False (the default) for a verdict on the bytes.
+    transient: bool = False
+    size: int | None = None  # of the object, when known: the ledger keys on it
+    mtime: float | None = None

@@ -33,6 +33,7 @@ from schemas.settings import Settings, get_settings
 from search.backends import Backend, CollectionSpec, Group, Point, ScoredPoint, open_backend
 from search.backends.lock import StoreLockedError
 from search.filters import Match, Where, any_of, parse_where
+from search.ledger import StoreLedger, drop_ledger
 from search.records import check_id, check_record, check_vector, upsert_spans
 
 __all__ = ["Group", "Point", "ScoredPoint", "StoreLockedError", "VectorStore", "open_store"]
@@ -105,7 +106,12 @@ class VectorStore:
             users = ", ".join(in_use) or "this store's writes"
             raise ValueError(f"refusing to drop {physical!r}: it is in use by {users}")
         self._retry(lambda: self.backend.drop_collection(physical))
+        self._retry(lambda: drop_ledger(self.backend, physical))
         self._specs.pop(physical, None)
+
+    def ledger(self) -> StoreLedger:
+        """The ledger of the write target (``schemas.ledger``), kept beside its points."""
+        return StoreLedger(self, self._write_name())
 
     def _read_name(self) -> str:
         name = self.backend.get_alias(self.alias)

@@ -38,9 +38,17 @@ def test_ingest_prints_report_json_and_exits_zero_despite_rejections(env, tmp_pa
     assert report["report_dir"] == str(folder)
     assert (folder / "report.json").is_file() and (folder / "items.parquet").is_file()
 
+    # The rerun lists the folder and reads nothing: both files and the broken one (a
+    # permanent verdict on its bytes) are settled in the ledger and unchanged.
+    code = main(["ingest", str(env), "--preset", "imagebind_tiny", "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert code == 0 and again["items_unchanged"] == 3 and again["source_bytes_read"] == 0
+    assert again["items_completed"] == 0 and again["rejected"] == []
+
+    (env / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk, edited")  # changed
     code = main(["ingest", str(env), "--preset", "imagebind_tiny"])
     out, _ = capsys.readouterr()
-    assert code == 0 and "2 skipped" in out and "report: " in out
+    assert code == 0 and "2 unchanged" in out and "1 rejected" in out and "report: " in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -60,16 +68,37 @@ def test_user_errors_exit_non_zero_with_one_line(env, tmp_path, capsys, argv, me
 
 
 def test_a_failed_first_run_does_not_pin_the_alias(env, tmp_path, capsys) -> None:
-    """A missing source creates nothing; a run that wrote nothing (no checkpoint for the
-    default preset) leaves an empty collection that the next real ingest takes over."""
+    """A missing source or missing weights create nothing: the next real ingest with
+    another preset gets the alias."""
     from schemas import Settings
     from search.store import open_store
 
     assert main(["ingest", str(tmp_path / "missing")]) == 2
     assert not (tmp_path / "home" / "qdrant").exists()
     assert main(["ingest", str(env)]) == 2  # imagebind_huge: no checkpoint here
+    assert not (tmp_path / "home" / "qdrant").exists()
     assert main(["ingest", str(env), "--preset", "imagebind_tiny"]) == 0
     _, err = capsys.readouterr()
     assert "note: searches through" not in err
     with open_store(Settings()) as store:  # not get_settings(): cached by earlier tests
         assert store.collection_info()["model_id"].startswith("imagebind_tiny")
+
+
+def test_the_cli_takes_the_source_lock_and_records_the_manifest(env, tmp_path, capsys,
+                                                                 monkeypatch) -> None:
+    """The CLI starts its run through the same entry as the flows: the source's lock is
+    taken (a second run is refused) and a manifest is recorded for ``reembed``."""
+    from flows import locks
+    from flows.run import recorded_manifest
+    from ingest.sources import normalise_source
+    from schemas import Settings
+
+    monkeypatch.setattr(locks, "BUSY_WAIT_S", 0.2)
+    with locks.source_lock(Settings(), str(env)):
+        assert main(["ingest", str(env), "--preset", "imagebind_tiny"]) == 2
+    assert "already ingesting" in capsys.readouterr().err
+    manifest = tmp_path / "meta.csv"
+    manifest.write_text("member,camera\nclip.wav,A\n")
+    assert main(["ingest", str(env), "--preset", "imagebind_tiny", "--manifest",
+                 str(manifest)]) == 0
+    assert recorded_manifest(Settings(), normalise_source(str(env))) == str(manifest)

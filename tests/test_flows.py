@@ -102,9 +102,9 @@ def test_ingest_rerun_and_reembed(home, archive):
     artifact, = artifacts_with_key(f"ingest-{source_key(str(archive))}")
     assert first["run_id"] in artifact.data and artifact.type == "markdown"
 
-    again = ingest_archive(str(archive))
+    again = ingest_archive(str(archive))  # lists the folder, reads none of it
     assert again["items_completed"] == 0 and again["points_written"] == 0
-    assert again["items_skipped"] == 4
+    assert again["items_unchanged"] == 4 and again["source_bytes_read"] == 0
     assert stored(archive=str(archive)) == items
 
     result = reembed(segment_s=1.0, stride_s=1.0)
@@ -174,8 +174,38 @@ def test_a_busy_source_is_refused_by_the_global_limit(home, archive):
 
 
 def test_missing_source_fails_without_retrying(home, tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="source not found"):
         ingest_archive(str(tmp_path / "nowhere"))
+
+
+def task_runs_of(state) -> dict[str, int]:
+    """Task name → how many times Prefect ran it, in the flow run behind ``state``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.run_count for r in runs}
+
+
+def test_missing_weights_fail_at_the_check_and_create_nothing(home, archive, monkeypatch):
+    """imagebind_huge has no checkpoint here and the licence is not accepted: the check
+    task fails once, and no collection or alias is made (the next run picks the alias)."""
+    monkeypatch.setenv("MEDIABIND_PRESET", "imagebind_huge")
+    monkeypatch.delenv("MEDIABIND_ACCEPT_LICENSE", raising=False)
+    state = ingest_archive(str(archive), return_state=True)
+    assert state.is_failed() and "CC BY-NC-SA" in str(state.result(raise_on_failure=False))
+    assert task_runs_of(state) == {"check": 1}
+    assert not (home / "qdrant" / "catalog.json").exists()
+
+
+def test_a_store_held_by_another_process_is_not_retried(home, archive):
+    with open_store(Settings()):  # this process's handle: the flow's run cannot open it
+        state = ingest_archive(str(archive), return_state=True)
+    assert state.is_failed() and "holds the embedded store" in str(
+        state.result(raise_on_failure=False))
+    assert task_runs_of(state) == {"check": 1, "run": 1}
 
 
 # --- prune and reembed keep what is still there -----------------------------------------

@@ -173,6 +173,30 @@ def test_targz_bomb_stops_the_archive_after_the_good_members(tmp_path, settings)
     assert run.order[-1] is rejected
 
 
+def test_a_zip_member_named_slash_is_a_rejection_not_a_silent_loss(tmp_path, settings):
+    """Found by fuzzing: an entry named '/' looks like a folder, so its bytes vanished."""
+    source = write_zip(tmp_path / "a.zip", GOOD, {"/": b"bytes behind a folder name"})
+    run = run_source(source, settings)
+    assert_good_members_came_through(run)
+    assert "absolute path" in only_rejection(run, source, "/")
+
+
+def test_limits_hold_per_archive_so_a_folder_of_archives_is_read_whole(tmp_path, settings):
+    """Each archive is a shard with its own limits: a folder holding more members than
+    max_members in all is read completely while no one archive passes the limit."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        many_members_tar(folder / f"{name}.tar", 3)
+    run = run_source(folder, settings.model_copy(update={"max_members": 3}))
+    assert len(run.entries) == 9 and run.rejected == []
+    many_members_tar(folder / "d.tar", 4)  # one archive over the limit stops alone
+    run = run_source(folder, settings.model_copy(update={"max_members": 3}))
+    assert len(run.entries) == 12
+    [rejected] = run.rejected
+    assert rejected.uri == str(folder / "d.tar") and "max_members=3" in rejected.reason
+
+
 def test_too_many_members_stops_the_source_with_one_rejection(tmp_path, settings):
     source = many_members_tar(tmp_path / "many.tar", 6)
     run = run_source(source, settings.model_copy(update={"max_members": 4}))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from schemas import EmbeddingRecord, PointSink, Settings
+from schemas.ledger import Ledger
 
 if TYPE_CHECKING:
     from embed_workers.encoder import Encoder
@@ -63,6 +64,7 @@ class RunContext:
     builder: RecordBuilder
     report: RunReport
     meter: ProgressMeter
+    ledger: Ledger | None = None  # None: no listing skip, nothing recorded (tests, benchmarks)
 
     @property
     def model_id(self) -> str:
@@ -71,7 +73,7 @@ class RunContext:
 
 def make_context(source: str, sink: PointSink, *, settings: Settings, executor: str,
                  encoder: Encoder | None, run_id: str, manifest: str | None,
-                 progress: ProgressCallback | None) -> RunContext:
+                 progress: ProgressCallback | None, ledger: Ledger | None = None) -> RunContext:
     from embed_workers.pipeline import RecordBuilder
     from embed_workers.report import ProgressMeter, RunReport
     from ingest.plan import count_source_items
@@ -87,7 +89,7 @@ def make_context(source: str, sink: PointSink, *, settings: Settings, executor: 
     report = RunReport(run_id, source, executor, model_id, policy.policy_id)
     return RunContext(source, LockedSink(sink), settings, executor, run_id, manifest, encoder,
                       args, RecordBuilder(model_id, policy, run_id), report,
-                      ProgressMeter(progress, count_source_items(source)))
+                      ProgressMeter(progress, count_source_items(source)), ledger)
 
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -10,6 +10,11 @@ first, file-level points after them — so a file-level point in the store
 means the item is complete, and a run cut off at any moment resumes cleanly.
 An item with any rejection writes nothing (the next run tries it again), so
 the store never holds half of a broken file.
+
+With a ledger (``schemas.ledger``), each settled location gets an entry,
+written right after the upsert that holds its points (``PointWriter.flush``),
+so the ledger never runs ahead of the store; a top-level archive read to its
+end gets its container entry at ``close``, after everything else.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from embed_workers.executors import RunContext
 from embed_workers.pipeline import ItemDecoded, ItemStarted, ModalityMean
 from embed_workers.report import ItemOutcome, Outcome
 from ingest.plan import Action, PlannedEntry
+from ingest.sources import ContainerEnd
 from schemas import FILE_LEVEL_INDEX, EmbeddingRecord, MediaItem, Modality, Rejected, Segment, Stage
+from schemas.ledger import EntryKind, LedgerEntry, version_of
 
 VECTOR_DIM = 1024
 
@@ -52,24 +59,34 @@ class ItemState:
 
 
 class PointWriter:
-    """Buffers records and writes them in order, in batches (order = file-level last)."""
+    """Buffers records and writes them in order, in batches (order = file-level last).
+
+    Ledger entries wait with the points they stand for and are recorded only
+    after ``sink.write`` returned for those points.
+    """
 
     def __init__(self, ctx: RunContext) -> None:
-        self.sink, self.report = ctx.sink, ctx.report
+        self.sink, self.report, self.ledger = ctx.sink, ctx.report, ctx.ledger
         self.batch = ctx.settings.upsert_batch
         self._buffer: list[EmbeddingRecord] = []
+        self._entries: list[LedgerEntry] = []
 
-    def add(self, records: Sequence[EmbeddingRecord]) -> None:
+    def add(self, records: Sequence[EmbeddingRecord],
+            entries: Sequence[LedgerEntry] = ()) -> None:
         self._buffer.extend(records)
+        if self.ledger is not None:
+            self._entries.extend(entries)
         if len(self._buffer) >= self.batch:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
-            return
         records, self._buffer = self._buffer, []
+        entries, self._entries = self._entries, []
         started = time.perf_counter()
-        self.sink.write(records)
+        if records:
+            self.sink.write(records)
+        if entries:
+            self.ledger.record(entries)
         self.report.add_stage_time("store", time.perf_counter() - started)
         self.report.points_written += len(records)
         for r in records:
@@ -84,6 +101,9 @@ class Collector:
         self.items: dict[str, ItemState] = {}
         self.duplicates: dict[str, list[str]] = defaultdict(list)
         self._rejected_ids: set[str] = set()
+        self._located: dict[str, list[LedgerEntry]] = defaultdict(list)  # after add_locations
+        self._containers: list[ContainerEnd] = []
+        self._transient: list[str] = []  # locations to retry: their archive is not done
 
     # --- planning ---------------------------------------------------------------------------
     def planned(self, p: PlannedEntry) -> None:
@@ -93,18 +113,54 @@ class Collector:
         elif p.action is Action.SKIP:
             # The bytes may have moved or been copied since they were stored: remember
             # this path too (a no-op in the store when it is already known).
-            self.duplicates[p.entry.item.item_id].append(p.entry.item.source_uri)
-            self._outcome(p.entry.item, Outcome.SKIPPED)
+            item = p.entry.item
+            self.duplicates[item.item_id].append(item.source_uri)
+            self._located[item.item_id].append(self._item_entry(item, item.source_uri))
+            self.report.source_bytes_read += item.size_bytes
+            self._outcome(item, Outcome.SKIPPED)
         elif p.action is Action.DUPLICATE:
             # Deferred: the first copy may still be in flight, with no points to update yet.
-            self.duplicates[p.entry.item.item_id].extend(p.entry.item.locations or
-                                                         [p.entry.item.source_uri])
-            self._outcome(p.entry.item, Outcome.DUPLICATE)
+            item = p.entry.item
+            uris = list(item.locations or [item.source_uri])
+            self.duplicates[item.item_id].extend(uris)
+            self._located[item.item_id] += [self._item_entry(item, u) for u in uris]
+            self.report.source_bytes_read += item.size_bytes
+            self._outcome(item, Outcome.DUPLICATE)
+        elif p.action is Action.UNCHANGED:
+            entry = p.unchanged.entry
+            self.report.items_unchanged += 1
+            self.report.add_outcome(ItemOutcome(entry.item_id, entry.uri, Outcome.UNCHANGED,
+                                                stage=entry.stage, reason=entry.reason))
+        elif p.action is Action.CONTAINER:
+            self._containers.append(p.container)
         self.tick()
 
     def begin(self, item: MediaItem, release: Callable[[], None] | None = None,
               path: str | None = None) -> None:
         self.items[item.item_id] = ItemState(item, release, path)
+        self.report.source_bytes_read += item.size_bytes
+
+    # --- ledger entries ---------------------------------------------------------------------
+    def _item_entry(self, item: MediaItem, uri: str, points: int = 0) -> LedgerEntry:
+        return LedgerEntry(uri, item.archive, item.size_bytes, version_of(item.mtime),
+                           EntryKind.ITEM, item.item_id, points, run_id=self.report.run_id)
+
+    def _rejected_entry(self, rejected: Rejected, item: MediaItem | None) -> LedgerEntry:
+        size = item.size_bytes if item is not None else rejected.size
+        mtime = item.mtime if item is not None else rejected.mtime
+        transient = rejected.transient or rejected.stage is Stage.EMBED
+        if transient:
+            self._transient.append(rejected.uri)
+        return LedgerEntry(rejected.uri, item.archive if item else self.ctx.source, size,
+                           version_of(mtime), EntryKind.REJECTED, rejected.item_id,
+                           stage=str(rejected.stage), reason=rejected.reason[:500],
+                           transient=transient, registry=self._registry(),
+                           run_id=self.report.run_id)
+
+    def _registry(self) -> str:
+        from ingest.kinds import registry_fingerprint
+
+        return registry_fingerprint()
 
     # --- decode/encode events ---------------------------------------------------------------
     def started(self, event: ItemStarted) -> None:
@@ -159,7 +215,7 @@ class Collector:
     def lost(self, item_id: str, reason: str) -> None:
         """Give up on an item this run: rejected (nothing written), retried next run."""
         state = self.items.pop(item_id)
-        rejected = Rejected(item_id, state.item.source_uri, Stage.DECODE, reason)
+        rejected = Rejected(item_id, state.item.source_uri, Stage.DECODE, reason, transient=True)
         state.rejections.append(rejected)
         self.report.rejected.append(rejected)
         self._release(state)
@@ -184,9 +240,12 @@ class Collector:
         # Segments first, file-level points last (in one ordered buffer): a file-level
         # point in the store means every segment of the item is there too.
         self.writer.add(state.records)
-        self.writer.add([self.builder.file_level_record(state.item, Modality(m), mean,
-                                                        state.duration_s)
-                         for m, mean in sorted(state.means.items())])
+        file_level = [self.builder.file_level_record(state.item, Modality(m), mean,
+                                                     state.duration_s)
+                      for m, mean in sorted(state.means.items())]
+        points = len(state.records) + len(file_level)
+        self.writer.add(file_level, [self._item_entry(state.item, uri, points)
+                                     for uri in state.item.locations or [state.item.source_uri]])
         self.report.items_completed += 1
         self.report.items_ingested.update(state.means.keys())
         self.report.media_seconds += state.duration_s or 0.0
@@ -199,9 +258,18 @@ class Collector:
             state.rejections.append(rejected)
             self.report.rejected.append(rejected)
         self._rejected_ids.add(state.item.item_id)
+        first = state.rejections[0]
+        transient = next((r for r in state.rejections if r.transient or r.stage is Stage.EMBED),
+                         first)
+        self.writer.add([], [self._rejected_entry(transient, state.item)])
         self._outcome(state.item, Outcome.REJECTED, state)
 
     def _reject_unread(self, rejected: Rejected) -> None:
+        """A refusal before decode; with an item id, its bytes were read (and hashed)."""
+        if rejected.uri:
+            self.writer.add([], [self._rejected_entry(rejected, None)])
+        if rejected.item_id and rejected.size:
+            self.report.source_bytes_read += rejected.size
         self.report.rejected.append(rejected)
         self.report.add_outcome(ItemOutcome(rejected.item_id, rejected.uri, Outcome.REJECTED,
                                             stage=str(rejected.stage), reason=rejected.reason))
@@ -223,12 +291,28 @@ class Collector:
         return len(self.items)
 
     def close(self) -> None:
-        """Flush the last points, then record the duplicate locations (their items are stored now)."""
+        """Flush the last points, then record the duplicate locations (their items are stored
+        now), then the ledger entries of those locations and of the archives read through."""
         self.writer.flush()
         for item_id, uris in self.duplicates.items():
             if item_id not in self._rejected_ids:
                 self.ctx.sink.add_locations(item_id, list(dict.fromkeys(uris)))
+        located = [e for item_id, entries in self._located.items()
+                   if item_id not in self._rejected_ids for e in entries]
+        self.writer.add([], located + self._container_entries())
+        self.writer.flush()
         self.ctx.meter.tick(self.report, final=True)
+
+    def _container_entries(self) -> list[LedgerEntry]:
+        """Archives read to their end with no member left to retry: settled as a whole."""
+        done = []
+        for end in self._containers:
+            prefix = end.listed.uri + "!/"
+            if end.complete and not any(u.startswith(prefix) for u in self._transient):
+                done.append(LedgerEntry(end.listed.uri, self.ctx.source, end.listed.size,
+                                        end.listed.version, EntryKind.CONTAINER,
+                                        points=end.members, run_id=self.report.run_id))
+        return done
 
     def abandon(self) -> None:
         """Release spooled files of items that will not finish (the run is stopping)."""

@@ -36,7 +36,8 @@ def planned_stream(ctx: RunContext) -> Iterator[PlannedEntry]:
     """The source's entries with their plan; opening the source raises user errors now."""
     from ingest.sources import iter_source
 
-    source = iter_source(ctx.source, settings=ctx.settings, manifest=ctx.manifest)
+    source = iter_source(ctx.source, settings=ctx.settings, manifest=ctx.manifest,
+                         ledger=ctx.ledger)
     return plan_entries(source, ctx.sink)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from embed_workers.report import Progress, RunReport
@@ -35,39 +34,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from embed_workers.executors import check_run_id, check_weights, preset_model_id
-    from embed_workers.pipeline import new_run_id, run_ingest
-    from search.store import open_store
+    from flows.run import start_run
 
     settings = settings_from(args)
-    try:
-        model_id = preset_model_id(settings.preset)
-    except KeyError as exc:  # an unknown preset is a user error, not a crash
-        raise ValueError(exc.args[0]) from None
-    check_source(args.source)  # before anything is created in the store
-    check_run_id(args.run_id or new_run_id())
-    check_weights(settings.preset, settings.checkpoint and str(settings.checkpoint), settings)
-    with open_store(settings) as store:
-        target = store.ensure_collection(model_id, settings.policy)
-        report = run_ingest(args.source, store, settings=settings, executor=args.executor,
-                            run_id=args.run_id, manifest=args.manifest,
-                            progress=ProgressLine())
-        searched = store.backend.get_alias(settings.collection)
-    print_report(report, settings, as_json=args.json)
-    if searched != target:
-        print(f"note: searches through {settings.collection!r} use {searched}, not {target} "
-              f"where this run wrote ({model_id}, {settings.policy.policy_id}); search it with "
-              "the same preset and policy after a reembed, or use another "
-              "MEDIABIND_COLLECTION for it", file=sys.stderr)
+    outcome = start_run(args.source, settings, executor=args.executor, run_id=args.run_id,
+                        manifest=args.manifest, progress=ProgressLine())
+    print_report(outcome.report, settings, as_json=args.json)
+    if outcome.searched != outcome.collection:
+        print(f"note: searches through {outcome.alias!r} use {outcome.searched}, not "
+              f"{outcome.collection} where this run wrote ({outcome.report.model_id}, "
+              f"{outcome.report.policy}); search it with the same preset and policy after a "
+              "reembed, or use another MEDIABIND_COLLECTION for it", file=sys.stderr)
     return 0
-
-
-def check_source(source: str) -> None:
-    """A local source must exist; URLs are checked when they are opened."""
-    if "://" not in source or source.startswith("file://"):
-        path = Path(source.removeprefix("file://")).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"source not found: {path}")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

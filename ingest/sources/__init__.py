@@ -36,8 +36,9 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ingest.kinds import registry_fingerprint
 from ingest.manifest import load_manifest, normalise_member
-from ingest.sources.members import RawMember, SourceEntry
+from ingest.sources.members import ContainerEnd, RawMember, SourceEntry, Unchanged
 from ingest.sources.readers import (
     Reader,
     archive_reader,
@@ -49,8 +50,10 @@ from ingest.sources.safety import Budget, ContainerStopped
 from ingest.sources.sidecars import attach_sidecars
 from ingest.sources.stream import NESTED_SEPARATOR, RunState, iter_source_members
 from schemas import Rejected, Settings, get_settings
+from schemas.ledger import Ledger, Listed, version_of
 
-__all__ = ["NESTED_SEPARATOR", "SourceEntry", "iter_source", "normalise_source"]
+__all__ = ["NESTED_SEPARATOR", "ContainerEnd", "SourceEntry", "Unchanged", "iter_source",
+           "normalise_source"]
 
 # The optional extra that provides each fsspec protocol we document.
 PROTOCOL_EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -58,8 +61,13 @@ PROTOCOL_EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": 
 
 def iter_source(source: str | Path, settings: Settings | None = None,
                 manifest: str | Path | None = None, *,
-                spool_dir: str | Path | None = None) -> Iterator[SourceEntry | Rejected]:
+                spool_dir: str | Path | None = None, ledger: Ledger | None = None,
+                ) -> Iterator[SourceEntry | Rejected | Unchanged | ContainerEnd]:
     """Stream the files of ``source``; see the module docstring.
+
+    With a ``ledger``, listed objects it holds as settled and unchanged come as
+    ``Unchanged`` and are not read; each archive listed at the top (the source
+    archive, or one in a folder) ends with a ``ContainerEnd``.
 
     Raises at once (not as Rejected) for user errors: a missing source
     (FileNotFoundError), a file that is no supported archive (ValueError), a
@@ -69,17 +77,46 @@ def iter_source(source: str | Path, settings: Settings | None = None,
     settings = settings or get_settings()
     archive = normalise_source(source)
     single = _single_file(archive)
+    container = None
     if single is not None:  # one media file: its own archive, its file name the member
         members = _one(folder_member(single))
     else:
         members = open_source(source, settings.max_compression_ratio)
+        container = listed_archive(source)
     rows = load_manifest(manifest) if manifest is not None else {}
     spool_path = Path(spool_dir) if spool_dir is not None else settings.home / "tmp"
     spool_path.mkdir(parents=True, exist_ok=True)
+    budget = Budget.from_settings(settings) if container is not None else Budget.unlimited()
     state = RunState(archive, settings, spool_path,
-                     {normalise_member(k): v for k, v in rows.items()},
-                     Budget.from_settings(settings), single_file=single is not None)
+                     {normalise_member(k): v for k, v in rows.items()}, budget,
+                     single_file=single is not None, ledger=ledger,
+                     registry=registry_fingerprint(), container=container)
     return attach_sidecars(iter_source_members(state, members))
+
+
+def listed_archive(source: str | Path) -> Listed | None:
+    """The source as one listed object when it is an archive (None for a folder or prefix)."""
+    archive = normalise_source(source)
+    if archive_reader(archive) is None:
+        return None
+    if "://" in archive:
+        fs, root = _filesystem(archive)
+        info = fs.info(root)
+        if info.get("type") == "directory":
+            return None
+        version = info.get("ETag") or info.get("etag") or version_of(_info_mtime(info))
+        return Listed(archive, info.get("size"), str(version) if version else None)
+    path = Path(archive)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return Listed(archive, stat.st_size, version_of(stat.st_mtime))
+
+
+def _info_mtime(info: dict[str, Any]) -> float | None:
+    from ingest.sources.readers import fsspec_mtime
+
+    return fsspec_mtime(info)
 
 
 def normalise_source(source: str | Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 from ingest.sources.safety import MemberRejected
 from schemas import MediaItem
+from schemas.ledger import LedgerEntry, Listed
 
 # What reading a damaged archive may raise, from tarfile/zipfile/gzip/bz2/lzma.
 # A reader maps these to MemberRejected or ContainerStopped; nothing escapes.
@@ -79,3 +80,19 @@ class Sidecar:
     item_id: str
     meta: dict[str, Any] | None
     error: str = ""
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A listed object the ledger says is settled and unchanged: not read at all."""
+
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class ContainerEnd:
+    """A top-level archive was read (``complete``: to its end, every member handed over)."""
+
+    listed: Listed
+    members: int
+    complete: bool

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ingest.sources.members import READ_ERRORS, RawMember
-from ingest.sources.safety import ContainerStopped, MemberRejected, check_ratio
+from ingest.sources.safety import ContainerStopped, MemberRejected, check_ratio, safe_member_path
 
 Reader = Callable[[BinaryIO, float], Iterator[RawMember]]
 
@@ -73,11 +73,11 @@ def iter_fsspec_folder(fs: Any, root: str) -> Iterator[RawMember]:
     for path in sorted(found):
         info = found[path]
         yield RawMember(path[len(base):] if path.startswith(base) else path,
-                        info.get("size"), _fsspec_mtime(info),
+                        info.get("size"), fsspec_mtime(info),
                         lambda p=path: fs.open(p, "rb"))
 
 
-def _fsspec_mtime(info: dict[str, Any]) -> float | None:
+def fsspec_mtime(info: dict[str, Any]) -> float | None:
     value = info.get("mtime", info.get("LastModified", info.get("updated")))
     if value is None:
         return None
@@ -165,8 +165,19 @@ def iter_zip(fileobj: BinaryIO, max_ratio: float) -> Iterator[RawMember]:
         raise ContainerStopped(f"not a readable zip archive: {exc}") from exc
     with archive:
         for info in archive.infolist():
-            if not info.is_dir():
+            if not (info.is_dir() and _empty_safe_folder(info)):
                 yield _zip_member(archive, info, max_ratio)
+
+
+def _empty_safe_folder(info: zipfile.ZipInfo) -> bool:
+    """A folder entry to pass over: no bytes, and a name we would accept. Any other entry
+    whose name ends in '/' (one named '/' holding bytes, say) is handed on, so its
+    bytes are read or refused with a reason, never dropped unreported."""
+    try:
+        safe_member_path(info.filename)
+    except MemberRejected:
+        return False
+    return info.file_size == 0 and info.compress_size == 0
 
 
 def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_ratio: float) -> RawMember:

@@ -28,10 +28,6 @@ class ContainerStopped(Exception):  # noqa: N818
     """This archive cannot be read further (corrupt, or a decompression bomb)."""
 
 
-class SourceStopped(Exception):  # noqa: N818
-    """A limit of the whole source was reached; nothing more is read from it."""
-
-
 def readable_name(name: str) -> str:
     """A name that is valid text. Bytes that are not UTF-8 (old Latin-1 archives, odd
     file systems) reach Python as lone surrogates, which no payload, log or Parquet
@@ -62,7 +58,12 @@ def safe_member_path(name: str) -> str:
 
 @dataclass
 class Budget:
-    """Counts members and bytes read from one source (nested archives included)."""
+    """Counts members and bytes read from one archive (nested archives included).
+
+    Limits hold per top-level archive, the unit of work (a shard), never per
+    source: a source of any size can be read. A folder's own files are bounded
+    one by one (``max_member_bytes``); ``unlimited`` is their budget.
+    """
 
     max_members: int
     max_total_bytes: int
@@ -73,17 +74,21 @@ class Budget:
     def from_settings(cls, settings: Settings) -> Budget:
         return cls(settings.max_members, settings.max_total_bytes)
 
+    @classmethod
+    def unlimited(cls) -> Budget:
+        return cls(1 << 62, 1 << 62)
+
     def count_member(self) -> None:
         self.members += 1
         if self.members > self.max_members:
-            raise SourceStopped(f"source has more than max_members={self.max_members} files; "
-                                "stopped reading")
+            raise ContainerStopped(f"archive has more than max_members={self.max_members} "
+                                   "files; stopped reading it")
 
     def count_bytes(self, n: int) -> None:
         self.total_bytes += n
         if self.total_bytes > self.max_total_bytes:
-            raise SourceStopped(f"source exceeds max_total_bytes={self.max_total_bytes}; "
-                                "stopped reading")
+            raise ContainerStopped(f"archive exceeds max_total_bytes={self.max_total_bytes}; "
+                                   "stopped reading it")
 
 
 @dataclass

@@ -221,7 +221,8 @@ def test_twenty_thousand_members_stop_at_max_members(tmp_path: Path) -> None:
           f"peak RSS growth {rss.growth >> 20} MiB")
     assert len(run.entries) == 500
     assert [r.reason for r in run.rejected] == [
-        "source has more than max_members=500 files; stopped reading"]
+        "archive has more than max_members=500 files; stopped reading it (after 500 members; "
+        "the rest is not read)"]
     assert list((settings.home / "tmp").iterdir()) == []
     assert elapsed < 60 and rss.growth < 256 << 20
 

@@ -1,0 +1,176 @@
+"""The one way to start an ingest run (DESIGN.md §5): the CLI, the flows and the demo call it.
+
+``start_run`` does, in this order and nowhere else:
+
+1. ``check_run``: the source exists, the run id is valid, the preset is known
+   and its weights are found (or may be downloaded). Nothing is created before
+   these pass, so a run that cannot start leaves no empty collection and no
+   alias pointing at one.
+2. takes the source's locks (``flows.locks``: the machine-wide file lock and,
+   with a Prefect server, the global concurrency slot), so one source is never
+   ingested twice at once, whoever started the run;
+3. opens the store, ensures the collection of this model and segment policy
+   (the alias is pointed at it only when it is unset) and its ledger;
+4. records the manifest given for the source (``reembed`` replays it);
+5. runs the pipeline (``embed_workers.pipeline.run_ingest``) and writes the
+   report, also as Markdown for the flow's artifact.
+
+It lives in ``flows/`` because it needs both the store and the locks.
+``PERMANENT_ERRORS`` are the failures no retry can fix; the flows' retry
+policy reads them from here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows.locks import SourceBusyError, source_key, source_lock, source_slot
+from ingest.sources import normalise_source
+from schemas import Settings
+
+if TYPE_CHECKING:
+    from embed_workers.encoder import Encoder
+    from embed_workers.report import ProgressCallback, RunReport
+
+
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    from embed_workers.model.checkpoint import CheckpointError
+    from search.backends.lock import StoreLockedError
+
+    # A missing source or checkpoint, an unaccepted licence, a bad argument, or a store
+    # another process holds: retrying the same run gives the same answer.
+    return (FileNotFoundError, PermissionError, ValueError, KeyError, LookupError,
+            CheckpointError, StoreLockedError, SourceBusyError)
+
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = _permanent_errors()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRun:
+    """What ``check_run`` established: the run may start."""
+
+    source: str  # normalised (``ingest.sources.normalise_source``)
+    run_id: str
+    model_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """A finished run: its report, where it wrote and what searches read."""
+
+    report: RunReport
+    collection: str  # the physical collection written
+    alias: str
+    searched: str | None  # the alias's collection after the run (differs after a reembed)
+    report_dir: Path
+
+    @property
+    def report_json(self) -> Path:
+        return self.report_dir / "report.json"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report_dir / "report.md"
+
+
+def check_run(source: str, settings: Settings, *, run_id: str | None = None,
+              encoder: Encoder | None = None) -> CheckedRun:
+    """Every check that needs no store and no lock; raises the user's error."""
+    from embed_workers.executors import check_run_id, check_weights, preset_model_id
+    from embed_workers.pipeline import new_run_id
+
+    check_source(source)
+    run_id = run_id or new_run_id()
+    check_run_id(run_id)
+    if encoder is not None:
+        return CheckedRun(normalise_source(source), run_id, encoder.model_id)
+    try:
+        model_id = preset_model_id(settings.preset)
+    except KeyError as exc:  # an unknown preset is the user's error, not a crash
+        raise ValueError(exc.args[0]) from None
+    check_weights(settings.preset, settings.checkpoint and str(settings.checkpoint), settings)
+    return CheckedRun(normalise_source(source), run_id, model_id)
+
+
+def check_source(source: str) -> None:
+    """A local source must exist now; URLs are checked when they are listed."""
+    if "://" in source and not source.startswith("file://"):
+        return
+    path = Path(source.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"source not found: {path}")
+
+
+def start_run(source: str, settings: Settings, *, executor: str | None = None,
+              run_id: str | None = None, manifest: str | None = None,
+              progress: ProgressCallback | None = None, encoder: Encoder | None = None,
+              lock_wait_s: float | None = None) -> RunOutcome:
+    """Check, lock, ensure the collection, record the manifest, run; see the module doc."""
+    from embed_workers.pipeline import run_ingest
+
+    checked = check_run(source, settings, run_id=run_id, encoder=encoder)
+    with source_slot(checked.source, lock_wait_s), \
+            source_lock(settings, checked.source, lock_wait_s), opened_store(settings) as store:
+        physical = store.ensure_collection(checked.model_id, settings.policy)
+        if manifest is not None:
+            record_manifest(settings, checked.source, manifest)
+        ledger = store.ledger()
+        report = run_ingest(checked.source, store, settings=settings,
+                            executor=executor or settings.executor, encoder=encoder,
+                            run_id=checked.run_id, manifest=manifest, progress=progress,
+                            ledger=ledger, notes=backfill_notes(store, ledger, physical))
+        searched = store.backend.get_alias(settings.collection)
+    folder = settings.runs_path / report.run_id
+    (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    return RunOutcome(report, physical, settings.collection, searched, folder)
+
+
+def backfill_notes(store: Any, ledger: Any, physical: str) -> list[str]:
+    """The one-time message when a collection written before the ledger gets one."""
+    if ledger.count() or not store.backend.count(physical, None):
+        return []
+    return [f"{physical} was written before mediabind kept a ledger: this run reads the "
+            "source once more to fill it (stored items are recognised by their bytes and "
+            "not embedded again); later reruns read only what changed"]
+
+
+@contextmanager
+def opened_store(settings: Settings) -> Iterator[Any]:
+    """The configured store, closed on the way out (the embedded one admits one process)."""
+    from search.store import open_store
+
+    store = open_store(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- the manifest recorded per source (``reembed`` replays it) ---------------------------
+
+
+def manifest_record_path(settings: Settings, source: str) -> Path:
+    return settings.home / "manifests" / f"{source_key(source)}.json"
+
+
+def record_manifest(settings: Settings, source: str, manifest: str) -> None:
+    """Remember the last manifest given for ``source`` (one small JSON per source, written
+    under the source's lock, so runs of other sources never race on it)."""
+    path = manifest_record_path(settings, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"source": source, "manifest": str(Path(manifest).expanduser().resolve())}
+    path.write_text(json.dumps(record), encoding="utf-8")
+
+
+def recorded_manifest(settings: Settings, source: str) -> str | None:
+    """The manifest last used to ingest ``source`` (None: it was ingested without one)."""
+    path = manifest_record_path(settings, source)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["manifest"]
