@@ -32,7 +32,7 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  # settled by an earlier run and unchanged since: not read
 
 
-STAGES = ("source", "decode", "preprocess", "encode", "store")
+STAGES = ("plan", "source", "decode", "preprocess", "encode", "store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +71,15 @@ class RunReport:
     items_duplicate: int = 0
     items_unchanged: int = 0  # listed objects (files or whole archives) the ledger settled
     source_bytes_read: int = 0  # content bytes read (hashed) from the source
+    objects_listed: int = 0  # top-level objects the plan listed (files, archives)
+    shards: int = 0  # shards the plan left to do
+    manifest: str | None = None  # the plan's manifest (Parquet), with a ledger
     notes: list[str] = field(default_factory=list)
     items_ingested: Counter[str] = field(default_factory=Counter)  # per modality
     items_completed: int = 0
     segments_written: Counter[str] = field(default_factory=Counter)  # per modality
     points_written: int = 0
+    points_removed: int = 0  # of old versions of files changed in place
     rejected: list[Rejected] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     media_seconds: float = 0.0
@@ -128,11 +132,13 @@ class RunReport:
             "items_seen": self.items_seen, "items_skipped": self.items_skipped,
             "items_duplicate": self.items_duplicate, "items_completed": self.items_completed,
             "items_unchanged": self.items_unchanged, "source_bytes_read": self.source_bytes_read,
+            "objects_listed": self.objects_listed, "shards": self.shards,
+            "manifest": self.manifest,
             "notes": list(self.notes),
             "items_ingested": dict(self.items_ingested),
             "items_rejected": len(self.rejected_items()),
             "segments_written": dict(self.segments_written),
-            "points_written": self.points_written,
+            "points_written": self.points_written, "points_removed": self.points_removed,
             "rejected": [_rejected_dict(r) for r in self.rejected],
             "stage_seconds": dict(self.stage_seconds),
             "media_seconds": self.media_seconds,
@@ -163,7 +169,9 @@ class RunReport:
             f"{self.items_skipped} skipped (already stored), {self.items_duplicate} duplicate, "
             f"{len(self.rejected_items())} rejected; {self.items_unchanged} unchanged since the "
             f"last run (not read); {self.source_bytes_read} source bytes read",
-            f"  points: {self.points_written} written; segments {_counts(self.segments_written)}",
+            f"  plan: {self.objects_listed} objects listed, {self.shards} shards to do",
+            f"  points: {self.points_written} written, {self.points_removed} of changed files' "
+            f"old versions removed; segments {_counts(self.segments_written)}",
             f"  media: {self.media_seconds:.1f} s in {self.wall_seconds:.1f} s wall "
             f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
             "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items()),

@@ -1,14 +1,20 @@
 """Prefect flow ``prune``: remove the points of files that left a source.
 
-Works per item id, never by path prefix across items: an item whose bytes are
-gone from the source loses only its own paths inside the source, and its
-points go only when no path is left. Orchestration only, like flows/ingest.py,
-whose helpers (settings, store opening, task retry policy) it shares.
+It reads no content. The source is listed (``ingest.shards``, as a run plans)
+and compared with the ledger, which maps each location to the item its bytes
+were: a location no longer listed, or inside an archive no longer listed, has
+left; a location whose object changed since (size or version) is kept as
+*unverified* until the next ingest reads it (an ingest moves a changed path
+to its new item by itself). Works per item id, never by path prefix across
+items: an item loses only its paths that left, and its points go only when no
+path is left. Orchestration only, like flows/ingest.py.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, task
@@ -17,134 +23,122 @@ from flows.ingest import IO_TASK, Overrides, settings_for
 from flows.locks import source_lock, source_slot
 from flows.run import check_source, opened_store
 from ingest.sources import normalise_source
+from schemas.ledger import EntryKind, LedgerEntry
 
 
-@task(name="stored-items", **IO_TASK)
-def stored_items_stage(source: str, overrides: Overrides) -> dict[str, list[str]]:
-    """item_id → its stored locations, for the items recorded under this archive."""
+class LedgerMissingError(LookupError):
+    """The collection holds items of the source but no ledger for it yet."""
+
+
+@dataclass
+class PruneVerdict:
+    """Per item: the locations that left the source, and those that cannot be judged."""
+
+    gone: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    unverified: set[str] = field(default_factory=set)
+    stale_entries: list[str] = field(default_factory=list)  # ledger entries to forget
+
+
+@task(name="listing", **IO_TASK)
+def listing_stage(source: str, overrides: Overrides) -> dict[str, str | None]:
+    """Every top-level object of the source now: location → version (no content read)."""
+    from ingest.shards import uri_of
+    from ingest.sources import plan_source
+
+    plan = plan_source(source, settings_for(overrides))
+    return {uri_of(source, m, s.whole_source): _version(m.size, m.version)
+            for s in plan.shards for m in s.members}
+
+
+def _version(size: int | None, version: str | None) -> str:
+    return f"{size}|{version}"
+
+
+@task(name="judge", **IO_TASK)
+def judge_stage(source: str, overrides: Overrides,
+                listing: Mapping[str, str]) -> dict[str, Any]:
+    """Compare the ledger's entries of the source with the listing."""
     with opened_store(settings_for(overrides)) as store:
-        rows = store.list_items(archive=source)
-    return {row["item_id"]: list(row["source_uri"]) for row in rows}
+        ledger = store.ledger()
+        entries = list(ledger.entries(source))
+        stored = store.list_items(archive=source)
+        if not entries and stored:
+            raise LedgerMissingError(
+                f"the collection holds items of {source} but no ledger for them (they were "
+                "ingested before mediabind kept one): ingest the source once (it fills the "
+                "ledger without embedding again), then prune")
+        claimed = ledger.lookup([u for row in stored for u in row["source_uri"]])
+    verdict = judge(source, entries, listing)
+    for row in stored:  # paths an item still holds though the ledger gives them to another
+        for uri in row["source_uri"]:  # (a run cut off before it moved them)
+            owner = claimed.get(uri)
+            if owner is not None and owner.kind is EntryKind.ITEM and \
+                    owner.item_id != row["item_id"] and uri not in verdict.gone[row["item_id"]]:
+                verdict.gone[row["item_id"]].append(uri)
+    return {"gone": {k: v for k, v in verdict.gone.items() if v},
+            "unverified": sorted(verdict.unverified), "stale_entries": verdict.stale_entries}
 
 
-@task(name="scan", **IO_TASK)
-def scan_stage(source: str, overrides: Overrides) -> dict[str, Any]:
-    """Hash every file now in the source: item id → its paths, and containers cut short."""
-    from ingest.sources import SourceEntry, iter_source
+def judge(source: str, entries: list[LedgerEntry], listing: Mapping[str, str]) -> PruneVerdict:
+    """Which locations left the source; which items sit at changed, unread objects."""
+    top = {e.uri: e for e in entries if _top_level(e.uri, source)}
+    verdict = PruneVerdict()
+    for e in entries:
+        outer = top.get(_top_of(e.uri, source))
+        now = listing.get(_top_of(e.uri, source))
+        if now is None:  # the object (or the archive holding it) left the source
+            verdict.stale_entries.append(e.uri)
+            if e.kind is EntryKind.ITEM:
+                verdict.gone[e.item_id].append(e.uri)
+        elif outer is not None and now != _version(outer.size, outer.version) \
+                and e.kind is EntryKind.ITEM:
+            verdict.unverified.add(e.item_id)  # changed since: the next ingest reads it
+    return verdict
 
-    present: dict[str, list[str]] = {}
-    unread: list[str] = []
-    for entry in iter_source(source, settings_for(overrides)):
-        if isinstance(entry, SourceEntry):
-            present.setdefault(entry.item.item_id, []).append(entry.item.source_uri)
-            entry.release()
-        elif entry.item_id:  # rejected after reading: its bytes are there all the same
-            present.setdefault(entry.item_id, []).append(entry.uri)
-        else:
-            unread.append(entry.uri)
-    return {"present": present, "unread": unread}
+
+def _top_of(uri: str, source: str) -> str:
+    """The listed object a location lies in: itself, or the archive holding it."""
+    return uri.split("!/", 1)[0] if uri.startswith(source) and "!/" in uri[len(source):] else uri
+
+
+def _top_level(uri: str, source: str) -> bool:
+    return _top_of(uri, source) == uri
 
 
 @task(name="delete", **IO_TASK)
-def delete_stage(source: str, overrides: Overrides, gone: Mapping[str, list[str]]) -> int:
-    """Forget the vanished items' paths in this source, item by item; an item left with no
-    path is deleted. Never by path across items: another item may hold that path now (a
-    file edited in place, or a new file written where a moved one was)."""
-    removed = 0
+def delete_stage(overrides: Overrides, verdict: Mapping[str, Any]) -> dict[str, Any]:
+    """Gone paths leave their items; an item with no path left is deleted. Then the
+    ledger forgets the locations that left."""
+    removed, deleted, relocated = 0, [], []
     with opened_store(settings_for(overrides)) as store:
-        physical = store.collection_info()["physical"]
-        for item_id, uris in gone.items():
-            kept = [u for u in uris if not _in_source(u, source)]
-            removed += set_item_paths(store, physical, item_id, kept)
-    return removed
-
-
-@task(name="relocate", **IO_TASK)
-def relocate_stage(overrides: Overrides, moved: Mapping[str, Mapping[str, list[str]]]) -> int:
-    """Items still present whose stored paths went stale: their paths become the stored
-    ones minus the stale ones plus the current ones, on their own points only."""
-    with opened_store(settings_for(overrides)) as store:
-        physical = store.collection_info()["physical"]
-        for item_id, paths in moved.items():
-            stale = set(paths["stale"])
-            kept = [u for u in paths["stored"] if u not in stale]
-            set_item_paths(store, physical, item_id, list(dict.fromkeys([*kept, *paths["current"]])))
-    return len(moved)
-
-
-def set_item_paths(store: Any, physical: str, item_id: str, paths: list[str]) -> int:
-    """Make ``paths`` the item's locations, or delete the item when none is left.
-
-    Selects by ``item_id`` only, so no other item is touched; returns the points removed.
-    """
-    from search.filters import any_of
-
-    if not paths:
-        return store.delete_items([item_id])
-    store.backend.set_payload(physical, any_of("item_id", [item_id]), {"source_uri": paths})
-    return 0
+        for item_id, uris in verdict["gone"].items():
+            points = store.forget_locations(item_id, uris)
+            removed += points
+            (deleted if points else relocated).append(item_id)
+        store.ledger().forget(verdict["stale_entries"])
+    return {"points_removed": removed, "deleted": sorted(deleted),
+            "relocated": sorted(relocated)}
 
 
 @flow(name="prune", log_prints=True)
 def prune(source: str, collection: str | None = None) -> dict[str, Any]:
     """Remove the points of files whose bytes are no longer anywhere in ``source``.
 
-    Items whose bytes are still there under another path keep their points;
-    their stale paths are replaced by the current ones.
+    Items whose bytes are still there under another path keep their points and
+    lose only their stale paths.
     """
     source = normalise_source(source)
     overrides = {"collection": collection}
     check_source(source)
     with source_slot(source), source_lock(settings_for(overrides), source):
-        stored = stored_items_stage(source, overrides)
-        scan = scan_stage(source, overrides)
-        check_scan_complete(stored, scan["unread"])
-        unverified = unverified_items(stored, scan["unread"])
-        gone = {i: uris for i, uris in stored.items()
-                if i not in scan["present"] and i not in unverified}
-        moved = stale_locations(source, stored, scan["present"])
-        removed = delete_stage(source, overrides, gone) if gone else 0
-        relocated = relocate_stage(overrides, moved) if moved else 0
-    print(f"prune {source}: {len(stored)} stored items, {len(gone)} gone ({removed} points "
-          f"removed), {relocated} with paths updated, {len(unverified)} kept unverified")
-    return {"source": source, "items_stored": len(stored), "items_gone": len(gone),
-            "points_removed": removed, "items_relocated": relocated, "gone": sorted(gone),
-            "unverified": sorted(unverified)}
-
-
-def unverified_items(stored: Mapping[str, list[str]], unread: list[str]) -> set[str]:
-    """Stored items at a path the scan refused without reading (a read error, a limit
-    lowered since ingestion): their bytes may well still be there, so they are kept."""
-    return {item_id for item_id, uris in stored.items()
-            if any(_in_source(uri, path) for uri in uris for path in unread)}
-
-
-def stale_locations(source: str, stored: Mapping[str, list[str]],
-                    present: Mapping[str, list[str]]) -> dict[str, dict[str, list[str]]]:
-    """Present items with stored paths in this source that no longer hold their bytes."""
-    moved = {}
-    for item_id, uris in stored.items():
-        current = present.get(item_id)
-        stale = [u for u in uris if _in_source(u, source) and current and u not in current]
-        if stale:
-            moved[item_id] = {"stored": list(uris), "current": list(current), "stale": stale}
-    return moved
-
-
-def check_scan_complete(stored: Mapping[str, list[str]], unread: list[str]) -> None:
-    """Refuse to prune when a container holding stored items was not read to the end
-    (the source itself, or a nested archive): its unread items would look deleted."""
-    for container in unread:
-        if any(_inside(uri, container) for uris in stored.values() for uri in uris):
-            raise RuntimeError(f"{container} could not be read to the end, so its files cannot "
-                               "be told apart from deleted ones; not pruning")
-
-
-def _in_source(uri: str, source: str) -> bool:
-    """Whether ``uri`` is a file of ``source`` (a single-file source is its own file)."""
-    return uri == source or _inside(uri, source)
-
-
-def _inside(uri: str, container: str) -> bool:
-    """Whether ``uri`` lies in a folder or archive (``/a/x`` is not in ``/a/x2``)."""
-    return uri.startswith((container.rstrip("/") + "/", container + "!/"))
+        listing = listing_stage(source, overrides)
+        verdict = judge_stage(source, overrides, listing)
+        done = delete_stage(overrides, verdict) if verdict["gone"] else {
+            "points_removed": 0, "deleted": [], "relocated": []}
+    print(f"prune {source}: {len(listing)} objects listed, {len(done['deleted'])} items gone "
+          f"({done['points_removed']} points removed), {len(done['relocated'])} kept at "
+          f"other paths, {len(verdict['unverified'])} kept unverified (changed since)")
+    return {"source": source, "objects_listed": len(listing),
+            "items_gone": len(done["deleted"]), "points_removed": done["points_removed"],
+            "items_relocated": len(done["relocated"]), "gone": done["deleted"],
+            "unverified": verdict["unverified"]}

@@ -64,10 +64,16 @@ class Settings(BaseSettings):
     video_crops: int = Field(3, description="Spatial crops per video clip: 1 or 3 (reference: 3).")
     text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
 
-    # --- safety limits on sources ----------------------------------------------
+    # --- shards and safety limits (per member, per archive; never per source) ----
+    shard_files: int = Field(256, ge=1, description="Most loose files of a folder or prefix "
+                             "in one shard (the unit of work, retry and commit).")
+    shard_bytes: int = Field(1 << 30, ge=1, description="Most bytes of loose files in one "
+                             "shard; one larger file gets a shard of its own.")
     max_member_bytes: int = Field(8 << 30, description="Largest file accepted (bytes).")
-    max_total_bytes: int = Field(2 << 40, description="Largest total read from one source (bytes).")
-    max_members: int = Field(5_000_000, description="Most files read from one source.")
+    max_total_bytes: int = Field(2 << 40, description="Largest total read from one archive, "
+                                 "nested archives included (bytes); a source has no total limit.")
+    max_members: int = Field(5_000_000, description="Most files read from one archive, nested "
+                             "archives included; a source has no limit on its file count.")
     max_compression_ratio: float = Field(200.0, description="Reject members that expand more than this (zip bombs).")
     max_nesting: int = Field(2, ge=0, description="How deep nested archives are followed.")
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")

@@ -22,3 +22,7 @@ class PointSink(Protocol):
 
     def add_locations(self, item_id: str, source_uris: Sequence[str]) -> None:
         """Remember more paths for stored bytes (a duplicate seen at a new path)."""
+
+    def forget_locations(self, item_id: str, source_uris: Sequence[str]) -> int:
+        """These paths hold other bytes now: drop them from the item, and the item itself
+        when no path is left; returns the points removed."""

@@ -178,6 +178,23 @@ class VectorStore:
         if known and merged != list(dict.fromkeys(known)):
             self._retry(lambda: self.backend.set_payload(name, where, {"source_uri": merged}))
 
+    def forget_locations(self, item_id: str, source_uris: Sequence[str]) -> int:
+        """These paths no longer hold the item's bytes: drop them from its points, and
+        delete the item when no path is left. Returns the number of points removed."""
+        name = self._write_name()
+        where = any_of("item_id", [item_id])
+        file_level = where.and_(Where((Match("segment_index", FILE_LEVEL_INDEX),)))
+        known = list(dict.fromkeys(self._known_uris(name, file_level)
+                                   or self._known_uris(name, where)))
+        gone = set(source_uris)
+        kept = [u for u in known if u not in gone]
+        if not known or kept == known:
+            return 0
+        if kept:
+            self._retry(lambda: self.backend.set_payload(name, where, {"source_uri": kept}))
+            return 0
+        return self._delete(name, where)
+
     def _known_uris(self, name: str, where: Where) -> list[str]:
         return [u for p in self._iter(name, where, ["source_uri"])
                 for u in _as_list(p.payload.get("source_uri"))]

@@ -133,3 +133,6 @@ class FailingSink:
 
     def add_locations(self, item_id, uris):
         self.store.add_locations(item_id, uris)
+
+    def forget_locations(self, item_id, uris):
+        return self.store.forget_locations(item_id, uris)

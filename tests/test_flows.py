@@ -232,32 +232,49 @@ def test_prune_keeps_the_new_version_of_a_file_edited_in_place(home, tmp_path):
     ingest_archive(str(folder))
     old_id, other_id = item_at(note), item_at(folder / "other.txt")
     note.write_text("the note, edited: a bird over a lake\n")  # same path, new bytes
-    ingest_archive(str(folder))
-    before = stored(archive=str(folder))
-    new_id, = set(before) - {old_id, other_id}
-    assert paths_of(old_id) == paths_of(new_id) == [str(note)]  # both hold the path now
+    edited = ingest_archive(str(folder))  # reads only the edited file
+    assert edited["items_completed"] == 1 and edited["items_unchanged"] == 1
+    after = stored(archive=str(folder))
+    new_id, = set(after) - {old_id, other_id}
+    assert old_id not in after  # the old version held only that path: it went with it
+    assert paths_of(new_id) == [str(note)]
 
     result = prune(str(folder))
 
-    assert result["gone"] == [old_id] and result["points_removed"] == before[old_id]
-    assert stored(archive=str(folder)) == {k: v for k, v in before.items() if k != old_id}
-    assert paths_of(new_id) == [str(note)]
+    assert result["gone"] == [] and result["points_removed"] == 0
+    assert stored(archive=str(folder)) == after
 
 
-def test_prune_keeps_a_file_the_scan_could_not_read(home, tmp_path, monkeypatch):
-    """A limit lowered since ingestion (or a read error) refuses a file unread: its bytes
-    may well still be there, so its points stay and the result says it is unverified."""
+def test_prune_removes_files_that_left_and_keeps_changed_ones_unread(home, tmp_path):
+    folder = notes(tmp_path / "notes", **{"a.txt": "a note about owls\n",
+                                           "b.txt": "a note about foxes\n"})
+    ingest_archive(str(folder))
+    a_id, b_id = item_at(folder / "a.txt"), item_at(folder / "b.txt")
+    before = stored(archive=str(folder))
+    (folder / "a.txt").unlink()
+    (folder / "b.txt").write_text("rewritten, not yet ingested\n")
+
+    result = prune(str(folder))
+
+    assert result["gone"] == [a_id] and result["points_removed"] == before[a_id]
+    assert result["unverified"] == [b_id]  # its new bytes are read by the next ingest
+    assert stored(archive=str(folder)) == {b_id: before[b_id]}
+
+
+def test_prune_reads_no_content_so_a_lowered_limit_changes_nothing(home, tmp_path,
+                                                                     monkeypatch):
+    """Prune compares the listing with the ledger: a limit lowered since ingestion (which
+    would refuse a file if it were read) cannot make a present file look deleted."""
     folder = notes(tmp_path / "notes", **{"big.txt": "a long note about the sea " * 20,
                                            "small.txt": "a bird\n"})
     ingest_archive(str(folder))
-    big = item_at(folder / "big.txt")
     before = stored(archive=str(folder))
     monkeypatch.setenv("MEDIABIND_MAX_MEMBER_BYTES", "100")
 
     result = prune(str(folder))
 
-    assert result["gone"] == [] and result["unverified"] == [big]
-    assert stored(archive=str(folder)) == before
+    assert result["gone"] == [] and result["unverified"] == []
+    assert result["objects_listed"] == 2 and stored(archive=str(folder)) == before
 
 
 def test_prune_after_a_move_and_a_new_file_at_the_old_path_keeps_both(home, tmp_path):
@@ -267,16 +284,30 @@ def test_prune_after_a_move_and_a_new_file_at_the_old_path_keeps_both(home, tmp_
     p_id = item_at(a)
     a.rename(b)
     a.write_text("file Q, about foxes\n")  # another file where P was
-    ingest_archive(str(folder))
+    ingest_archive(str(folder))  # P gains b.txt and loses a.txt, which Q holds now
     before = stored(archive=str(folder))
     q_id, = set(before) - {p_id}
+    assert (paths_of(p_id), paths_of(q_id)) == ([str(b)], [str(a)])
 
     result = prune(str(folder))
 
     assert result["gone"] == [] and result["points_removed"] == 0
-    assert result["items_relocated"] == 1
     assert stored(archive=str(folder)) == before
-    assert (paths_of(p_id), paths_of(q_id)) == ([str(b)], [str(a)])
+
+
+def test_prune_after_a_plain_move_relocates_the_item(home, tmp_path):
+    folder = notes(tmp_path / "notes", **{"a.txt": "file P, about owls\n"})
+    a, b = folder / "a.txt", folder / "b.txt"
+    ingest_archive(str(folder))
+    p_id = item_at(a)
+    a.rename(b)
+    ingest_archive(str(folder))  # b.txt: the same bytes, a second path
+    assert paths_of(p_id) == [str(a), str(b)]
+
+    result = prune(str(folder))
+
+    assert result["gone"] == [] and result["items_relocated"] == 1
+    assert paths_of(p_id) == [str(b)]
 
 
 def test_a_single_file_source_is_pruned_and_reembedded_alone(home, tmp_path):
@@ -287,10 +318,11 @@ def test_a_single_file_source_is_pruned_and_reembedded_alone(home, tmp_path):
     old_id = item_at(wanted)
     assert set(stored(archive=str(wanted))) == {old_id}  # the file is its own source
     wanted.write_text("the one file, edited\n")
-    ingest_archive(str(wanted))
-    new_id, = set(stored(archive=str(wanted))) - {old_id}
+    ingest_archive(str(wanted))  # the edited file replaces the old version
+    new_id, = set(stored(archive=str(wanted)))
+    assert new_id != old_id
 
-    assert prune(str(wanted))["gone"] == [old_id]
+    assert prune(str(wanted))["gone"] == []
     assert set(stored()) == {new_id} and paths_of(new_id) == [str(wanted)]
 
     result = reembed(segment_s=1.0, stride_s=1.0)

@@ -152,3 +152,7 @@ class LockedSink:
     def add_locations(self, item_id: str, source_uris: Sequence[str]) -> None:
         with self._lock:
             self.inner.add_locations(item_id, source_uris)
+
+    def forget_locations(self, item_id: str, source_uris: Sequence[str]) -> int:
+        with self._lock:
+            return self.inner.forget_locations(item_id, source_uris)

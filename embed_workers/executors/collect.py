@@ -70,6 +70,9 @@ class PointWriter:
         self.batch = ctx.settings.upsert_batch
         self._buffer: list[EmbeddingRecord] = []
         self._entries: list[LedgerEntry] = []
+        # (old item, location): a location whose bytes changed; the old item loses it at
+        # the end of the run, once every item that may share those paths is stored.
+        self.superseded: list[tuple[str, str]] = []
 
     def add(self, records: Sequence[EmbeddingRecord],
             entries: Sequence[LedgerEntry] = ()) -> None:
@@ -86,12 +89,21 @@ class PointWriter:
         if records:
             self.sink.write(records)
         if entries:
+            self._note_superseded(entries)
             self.ledger.record(entries)
         self.report.add_stage_time("store", time.perf_counter() - started)
         self.report.points_written += len(records)
         for r in records:
             if r.payload["segment_index"] != FILE_LEVEL_INDEX:
                 self.report.segments_written[r.payload["modality"]] += 1
+
+    def _note_superseded(self, entries: Sequence[LedgerEntry]) -> None:
+        items = [e for e in entries if e.kind is EntryKind.ITEM]
+        before = self.ledger.lookup([e.uri for e in items]) if items else {}
+        for e in items:
+            old = before.get(e.uri)
+            if old is not None and old.kind is EntryKind.ITEM and old.item_id != e.item_id:
+                self.superseded.append((old.item_id, e.uri))
 
 
 class Collector:
@@ -301,7 +313,17 @@ class Collector:
                    if item_id not in self._rejected_ids for e in entries]
         self.writer.add([], located + self._container_entries())
         self.writer.flush()
+        self._drop_superseded()
         self.ctx.meter.tick(self.report, final=True)
+
+    def _drop_superseded(self) -> None:
+        """Paths that now hold other bytes leave the items that held them; an item left
+        with no path goes (the old version of a file edited in place)."""
+        stale: dict[str, list[str]] = defaultdict(list)
+        for item_id, uri in self.writer.superseded:
+            stale[item_id].append(uri)
+        for item_id, uris in stale.items():
+            self.report.points_removed += self.ctx.sink.forget_locations(item_id, uris)
 
     def _container_entries(self) -> list[LedgerEntry]:
         """Archives read to their end with no member left to retry: settled as a whole."""

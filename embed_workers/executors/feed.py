@@ -33,11 +33,25 @@ class Failure:
 
 
 def planned_stream(ctx: RunContext) -> Iterator[PlannedEntry]:
-    """The source's entries with their plan; opening the source raises user errors now."""
-    from ingest.sources import iter_source
+    """The source's entries with their plan; listing the source raises user errors now.
 
-    source = iter_source(ctx.source, settings=ctx.settings, manifest=ctx.manifest,
-                         ledger=ctx.ledger)
+    The listing is anti-joined with the ledger and cut into shards first
+    (``ingest.shards``); the shards still to do are written to the run's
+    manifest, then read one after the other.
+    """
+    from ingest.shards import write_manifest
+    from ingest.sources import iter_planned, plan_source
+
+    started = time.perf_counter()
+    plan = plan_source(ctx.source, ctx.settings, ctx.ledger)
+    report = ctx.report
+    report.objects_listed, report.shards = plan.listed, len(plan.shards)
+    if ctx.ledger is not None:
+        report.manifest = str(write_manifest(plan, ctx.settings.runs_path / ctx.run_id
+                                             / "manifest.parquet"))
+    report.add_stage_time("plan", time.perf_counter() - started)
+    source = iter_planned(plan, ctx.settings, ctx.manifest,
+                          record_containers=ctx.ledger is not None)
     return plan_entries(source, ctx.sink)
 
 

@@ -36,15 +36,18 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ingest.kinds import registry_fingerprint
-from ingest.manifest import load_manifest, normalise_member
+from ingest.kinds import Detection, registry_fingerprint
+from ingest.manifest import ManifestRow, load_manifest, normalise_member
+from ingest.shards import ListedMember, Shard, ShardPlan, plan_shards
 from ingest.sources.members import ContainerEnd, RawMember, SourceEntry, Unchanged
 from ingest.sources.readers import (
     Reader,
     archive_reader,
     folder_member,
+    fsspec_member,
     iter_folder,
     iter_fsspec_folder,
+    local_member,
 )
 from ingest.sources.safety import Budget, ContainerStopped
 from ingest.sources.sidecars import attach_sidecars
@@ -52,8 +55,8 @@ from ingest.sources.stream import NESTED_SEPARATOR, RunState, iter_source_member
 from schemas import Rejected, Settings, get_settings
 from schemas.ledger import Ledger, Listed, version_of
 
-__all__ = ["NESTED_SEPARATOR", "ContainerEnd", "SourceEntry", "Unchanged", "iter_source",
-           "normalise_source"]
+__all__ = ["NESTED_SEPARATOR", "ContainerEnd", "SourceEntry", "Unchanged", "iter_planned",
+           "iter_shard", "iter_source", "normalise_source", "plan_source"]
 
 # The optional extra that provides each fsspec protocol we document.
 PROTOCOL_EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -63,7 +66,7 @@ def iter_source(source: str | Path, settings: Settings | None = None,
                 manifest: str | Path | None = None, *,
                 spool_dir: str | Path | None = None, ledger: Ledger | None = None,
                 ) -> Iterator[SourceEntry | Rejected | Unchanged | ContainerEnd]:
-    """Stream the files of ``source``; see the module docstring.
+    """Stream the files of ``source``: ``plan_source``, then every shard's members.
 
     With a ``ledger``, listed objects it holds as settled and unchanged come as
     ``Unchanged`` and are not read; each archive listed at the top (the source
@@ -75,23 +78,95 @@ def iter_source(source: str | Path, settings: Settings | None = None,
     invalid manifest (ManifestError).
     """
     settings = settings or get_settings()
-    archive = normalise_source(source)
-    single = _single_file(archive)
-    container = None
-    if single is not None:  # one media file: its own archive, its file name the member
-        members = _one(folder_member(single))
-    else:
-        members = open_source(source, settings.max_compression_ratio)
-        container = listed_archive(source)
+    plan = plan_source(source, settings, ledger)
+    return iter_planned(plan, settings, manifest, spool_dir=spool_dir,
+                        record_containers=ledger is not None)
+
+
+def iter_planned(plan: ShardPlan, settings: Settings, manifest: str | Path | None = None, *,
+                 spool_dir: str | Path | None = None, record_containers: bool = True,
+                 ) -> Iterator[SourceEntry | Rejected | Unchanged | ContainerEnd]:
+    """What a plan settled (``Unchanged``), then the members of each of its shards."""
     rows = load_manifest(manifest) if manifest is not None else {}
+    return _planned(plan, settings, rows, spool_dir, record_containers)
+
+
+def _planned(plan: ShardPlan, settings: Settings, rows: dict[str, ManifestRow],
+             spool_dir: str | Path | None, record_containers: bool,
+             ) -> Iterator[SourceEntry | Rejected | Unchanged | ContainerEnd]:
+    yield from (Unchanged(entry) for entry in plan.unchanged)
+    seen: dict[str, Detection] = {}  # the same bytes in two shards are one item
+    for shard in plan.shards:
+        yield from iter_shard(shard, settings, rows, spool_dir=spool_dir, seen=seen,
+                              record_containers=record_containers)
+
+
+def plan_source(source: str | Path, settings: Settings | None = None,
+                ledger: Ledger | None = None) -> ShardPlan:
+    """List ``source`` (no content read), anti-join the ledger, cut shards (``ingest.shards``)."""
+    settings = settings or get_settings()
+    archive = normalise_source(source)
+    registry = registry_fingerprint()
+    single = _single_file(archive)
+    if single is not None:  # one media file: its own archive, its file name the member
+        return plan_shards(archive, [listed(folder_member(single))], settings, ledger,
+                           registry=registry, whole_source=True)
+    container = listed_archive(source)
+    if container is not None:  # the source archive is one shard
+        whole = ListedMember("", container.size, None, etag=container.version)
+        return plan_shards(archive, [whole], settings, ledger, registry=registry,
+                           whole_source=True)
+    listing = (listed(m) for m in open_source(source, settings.max_compression_ratio))
+    return plan_shards(archive, listing, settings, ledger, registry=registry)
+
+
+def iter_shard(shard: Shard, settings: Settings, rows: dict[str, ManifestRow] | None = None, *,
+               spool_dir: str | Path | None = None, seen: dict[str, Detection] | None = None,
+               record_containers: bool = True) -> Iterator[SourceEntry | Rejected | ContainerEnd]:
+    """Read one shard's members where they are: safety checks, spool + sha256, kind.
+
+    Only the shard's own objects are opened. An archive shard has its own
+    limits; a run of loose files is bounded one file at a time.
+    """
     spool_path = Path(spool_dir) if spool_dir is not None else settings.home / "tmp"
     spool_path.mkdir(parents=True, exist_ok=True)
-    budget = Budget.from_settings(settings) if container is not None else Budget.unlimited()
-    state = RunState(archive, settings, spool_path,
-                     {normalise_member(k): v for k, v in rows.items()}, budget,
-                     single_file=single is not None, ledger=ledger,
-                     registry=registry_fingerprint(), container=container)
-    return attach_sidecars(iter_source_members(state, members))
+    source_archive = shard.whole_source and shard.archive
+    budget = Budget.from_settings(settings) if source_archive else Budget.unlimited()
+    state = RunState(shard.source, settings, spool_path,
+                     {normalise_member(k): v for k, v in (rows or {}).items()}, budget,
+                     seen if seen is not None else {},
+                     single_file=shard.whole_source and not shard.archive,
+                     record_containers=record_containers,
+                     container=listed_archive(shard.source) if source_archive else None)
+    return attach_sidecars(iter_source_members(state, _shard_members(shard, settings)))
+
+
+def _shard_members(shard: Shard, settings: Settings) -> Generator[RawMember, None, None]:
+    if shard.whole_source and shard.archive:
+        return open_source(shard.source, settings.max_compression_ratio)
+    if shard.whole_source:
+        return _one(folder_member(Path(shard.source)))
+    return _reopened(shard)
+
+
+def listed(raw: RawMember) -> ListedMember:
+    """What a reader's entry tells about an object, before it is opened."""
+    return ListedMember(raw.name, raw.size, raw.mtime, raw.problem)
+
+
+def _reopened(shard: Shard) -> Generator[RawMember, None, None]:
+    """The shard's loose files (or its one archive) reopened from the listing."""
+    if "://" in shard.source:
+        fs, root = _filesystem(shard.source)
+        if not _is_local(fs):
+            for m in shard.members:
+                yield fsspec_member(fs, root, m.name, m.size, m.mtime)
+            return
+        base = Path(root)
+    else:
+        base = Path(shard.source)
+    for m in shard.members:
+        yield local_member(base, m.name)
 
 
 def listed_archive(source: str | Path) -> Listed | None:

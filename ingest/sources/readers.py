@@ -30,17 +30,28 @@ Reader = Callable[[BinaryIO, float], Iterator[RawMember]]
 
 def iter_folder(root: Path) -> Iterator[RawMember]:
     """Every entry under ``root`` in sorted path order; symlinks are not followed."""
-    yield from _walk(root, root)
+    yield from _walk(str(root), "")
 
 
-def _walk(root: Path, folder: Path) -> Iterator[RawMember]:
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        path = Path(entry.path)
-        name = path.relative_to(root).as_posix()
+def _walk(folder: str, prefix: str) -> Iterator[RawMember]:
+    # Plain strings, not pathlib: planning lists every file of a source this way.
+    with os.scandir(folder) as found:
+        entries = sorted(found, key=lambda e: e.name)
+    for entry in entries:
+        name = prefix + entry.name
         if entry.is_dir(follow_symlinks=False):
-            yield from _walk(root, path)
+            yield from _walk(entry.path, name + "/")
         else:
-            yield _member_of(name, path, entry.stat(follow_symlinks=False))
+            yield _member_of(name, Path(entry.path), entry.stat(follow_symlinks=False))
+
+
+def local_member(root: Path, name: str) -> RawMember:
+    """A file listed earlier under ``root``, stat'ed again now that it is read."""
+    path = root / name
+    try:
+        return _member_of(name, path, path.lstat())
+    except OSError as exc:  # gone (or unreadable) since it was listed
+        return RawMember(name, None, None, None, f"cannot read a listed file: {exc}")
 
 
 def folder_member(path: Path) -> RawMember:
@@ -75,6 +86,13 @@ def iter_fsspec_folder(fs: Any, root: str) -> Iterator[RawMember]:
         yield RawMember(path[len(base):] if path.startswith(base) else path,
                         info.get("size"), fsspec_mtime(info),
                         lambda p=path: fs.open(p, "rb"))
+
+
+def fsspec_member(fs: Any, root: str, name: str, size: int | None,
+                  mtime: float | None) -> RawMember:
+    """An object listed earlier under ``root`` (as ``iter_fsspec_folder`` names it)."""
+    path = root.rstrip("/") + "/" + name
+    return RawMember(name, size, mtime, lambda: fs.open(path, "rb"))
 
 
 def fsspec_mtime(info: dict[str, Any]) -> float | None:

@@ -1,0 +1,121 @@
+"""Planning: a source is listed and cut into shards without reading any content."""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ingest.shards import write_manifest
+from ingest.sources import SourceEntry, iter_shard, iter_source, plan_source
+from schemas import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", shard_files=3, shard_bytes=10_000)
+
+
+def files(root: Path, names: dict[str, bytes]) -> Path:
+    for name, data in names.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def rchar() -> int:
+    line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar"))
+    return int(line.split()[1])
+
+
+def test_loose_files_are_cut_by_count_and_bytes_and_archives_stand_alone(tmp_path, settings):
+    source = files(tmp_path / "src", {f"n{i}.txt": b"x" * 100 for i in range(7)}
+                   | {"big.bin": b"y" * 20_000})
+    with tarfile.open(source / "a.tar", "w") as tar:
+        tar.add(source / "n0.txt", "inside.txt")
+    plan = plan_source(source, settings)
+    shapes = [(s.archive, [m.name for m in s.members]) for s in plan.shards]
+    assert shapes == [(True, ["a.tar"]), (False, ["big.bin"]), (False, ["n0.txt", "n1.txt", "n2.txt"]),
+                      (False, ["n3.txt", "n4.txt", "n5.txt"]), (False, ["n6.txt"])]
+    assert plan.listed == 9 and len({s.shard_id for s in plan.shards}) == 5
+    assert plan_source(source, settings).shards == plan.shards  # deterministic ids
+
+
+def test_a_sidecar_is_never_cut_from_its_file(tmp_path, settings):
+    source = files(tmp_path / "src", {"a.txt": b"a", "b.txt": b"b", "c.txt": b"c",
+                                      "c.txt.json": b'{"camera": "A"}', "d.txt": b"d"})
+    plan = plan_source(source, settings)
+    assert [[m.name for m in s.members] for s in plan.shards] == [
+        ["a.txt", "b.txt", "c.txt", "c.txt.json"], ["d.txt"]]
+    entries = [e for s in plan.shards for e in iter_shard(s, settings)
+               if isinstance(e, SourceEntry)]
+    assert {e.item.member: e.item.meta for e in entries}["c.txt"] == {"camera": "A"}
+
+
+def test_planning_reads_no_content(tmp_path, settings):
+    source = files(tmp_path / "src", {f"f{i}.bin": bytes(200_000) for i in range(40)})
+    before = rchar()
+    plan = plan_source(source, settings)
+    assert rchar() - before < 200_000  # less than one file's bytes for the whole listing
+    assert plan.members == 40
+
+
+def test_each_shard_reads_only_its_own_members(tmp_path, settings):
+    source = files(tmp_path / "src", {f"f{i}.txt": f"file {i}".encode() for i in range(5)})
+    first, second = plan_source(source, settings).shards
+    got = [e.item.member for e in iter_shard(second, settings) if isinstance(e, SourceEntry)]
+    assert got == [m.name for m in second.members] == ["f3.txt", "f4.txt"]
+    assert [m.name for m in first.members] == ["f0.txt", "f1.txt", "f2.txt"]
+
+
+def test_a_folder_with_more_files_than_max_members_is_read_whole(tmp_path, settings):
+    """There is no per-source cap: the member limit holds per archive."""
+    source = files(tmp_path / "src", {f"f{i}.txt": f"file {i}".encode() for i in range(10)})
+    small = settings.model_copy(update={"max_members": 2, "max_total_bytes": 20})
+    entries = [e for e in iter_source(source, small) if isinstance(e, SourceEntry)]
+    assert len(entries) == 10
+
+
+def test_a_file_gone_between_listing_and_reading_is_a_rejection(tmp_path, settings):
+    source = files(tmp_path / "src", {"a.txt": b"a", "b.txt": b"b"})
+    [shard] = plan_source(source, settings).shards
+    (source / "b.txt").unlink()
+    out = list(iter_shard(shard, settings))
+    assert [e.item.member for e in out if isinstance(e, SourceEntry)] == ["a.txt"]
+    [gone] = [e for e in out if not isinstance(e, SourceEntry)]
+    assert gone.uri == str(source / "b.txt") and "cannot read a listed file" in gone.reason
+
+
+def test_the_source_archive_is_one_shard_and_a_zip_prefix_lists_its_objects(tmp_path, settings):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"f{i}.txt", f"file {i}")
+    [shard] = plan_source(archive, settings).shards
+    assert shard.archive and shard.whole_source
+    assert len([e for e in iter_shard(shard, settings) if isinstance(e, SourceEntry)]) == 5
+
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for i in range(4):
+        memory.pipe(f"/bucket/p/f{i}.txt", f"object {i}".encode())
+    plan = plan_source("memory://bucket/p", settings)
+    assert [len(s.members) for s in plan.shards] == [3, 1]
+    read = [e.item.source_uri for s in plan.shards for e in iter_shard(s, settings)
+            if isinstance(e, SourceEntry)]
+    assert read == [f"memory://bucket/p/f{i}.txt" for i in range(4)]
+
+
+def test_the_manifest_lists_every_member_of_every_shard(tmp_path, settings):
+    import pyarrow.parquet as pq
+
+    source = files(tmp_path / "src", {f"f{i}.txt": b"x" for i in range(4)})
+    plan = plan_source(source, settings)
+    table = pq.read_table(write_manifest(plan, tmp_path / "run" / "manifest.parquet"))
+    assert table.column("name").to_pylist() == [f"f{i}.txt" for i in range(4)]
+    assert table.column("shard_id").to_pylist() == [plan.shards[0].shard_id] * 3 + [
+        plan.shards[1].shard_id]
