@@ -117,7 +117,7 @@ class CountingReader:
         return data
 
 
-_TAR_TYPES: dict[bytes, str] = {
+TAR_TYPES: dict[bytes, str] = {
     tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
     tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
     tarfile.FIFOTYPE: "fifo",
@@ -133,6 +133,9 @@ def iter_tar(fileobj: BinaryIO, max_ratio: float) -> Iterator[RawMember]:
             _check_stream_ratio(info.offset, counted, max_ratio)
             if not info.isdir():
                 yield _tar_member(archive, info, counted, max_ratio)
+            # tarfile keeps every header it has read; a forward pass needs none of them
+            # back, and a tar of many members would otherwise grow memory per member.
+            archive.members.clear()
 
 
 def _open_tar(counted: CountingReader) -> tarfile.TarFile:
@@ -153,9 +156,9 @@ def _tar_member(archive: tarfile.TarFile, info: tarfile.TarInfo, counted: Counti
                 max_ratio: float) -> RawMember:
     problem = None
     if info.issym() or info.islnk():
-        problem = f"{_TAR_TYPES[info.type]} to {info.linkname!r} (links are never followed)"
+        problem = f"{TAR_TYPES[info.type]} to {info.linkname!r} (links are never followed)"
     elif not info.isreg():
-        problem = f"not a regular file ({_TAR_TYPES.get(info.type, f'tar type {info.type!r}')})"
+        problem = f"not a regular file ({TAR_TYPES.get(info.type, f'tar type {info.type!r}')})"
     # Only regular files have content in the stream (extractfile gives None otherwise).
     opener = (lambda: archive.extractfile(info)) if info.isreg() else None
     return RawMember(
@@ -183,11 +186,11 @@ def iter_zip(fileobj: BinaryIO, max_ratio: float) -> Iterator[RawMember]:
         raise ContainerStopped(f"not a readable zip archive: {exc}") from exc
     with archive:
         for info in archive.infolist():
-            if not (info.is_dir() and _empty_safe_folder(info)):
+            if not (info.is_dir() and empty_safe_folder(info)):
                 yield _zip_member(archive, info, max_ratio)
 
 
-def _empty_safe_folder(info: zipfile.ZipInfo) -> bool:
+def empty_safe_folder(info: zipfile.ZipInfo) -> bool:
     """A folder entry to pass over: no bytes, and a name we would accept. Any other entry
     whose name ends in '/' (one named '/' holding bytes, say) is handed on, so its
     bytes are read or refused with a reason, never dropped unreported."""
@@ -200,13 +203,13 @@ def _empty_safe_folder(info: zipfile.ZipInfo) -> bool:
 
 def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_ratio: float) -> RawMember:
     return RawMember(
-        info.filename, info.file_size, _zip_mtime(info), lambda: archive.open(info),
-        _zip_problem(info, max_ratio),
+        info.filename, info.file_size, zip_mtime(info), lambda: archive.open(info),
+        zip_problem(info, max_ratio),
         ratio_check=lambda read: _check_zip_read(read, info, max_ratio),
     )
 
 
-def _zip_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
+def zip_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
     mode = info.external_attr >> 16
     if info.flag_bits & 0x1:
         return "encrypted zip member"
@@ -228,7 +231,7 @@ def _check_zip_read(read: int, info: zipfile.ZipInfo, max_ratio: float) -> None:
     check_ratio(read, info.compress_size, max_ratio, "member")
 
 
-def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
+def zip_mtime(info: zipfile.ZipInfo) -> float | None:
     # Zip times carry no time zone; they are read as UTC.
     try:
         return float(calendar.timegm((*info.date_time, 0, 0, 0)))
