@@ -1,7 +1,8 @@
 """A damaged checkpoint download cache: garbage ``.partial``, one too long, a wrong-size file.
 
 A real HTTP server on 127.0.0.1 serves a position-dependent payload; each case
-ends with the exact bytes in place (after at most one clear refusal).
+ends with the exact bytes in place (after at most one clear refusal). Each
+case records whether its bytes came out right and how many refusals it took.
 """
 
 from __future__ import annotations
@@ -52,27 +53,35 @@ def url() -> Iterator[str]:
     httpd.server_close()
 
 
+def _record(figures, case: str, right: bool, refused: pytest.ExceptionInfo | None) -> None:
+    """One case: whether the right bytes ended in place, and the refusal it saw first."""
+    figures("checkpoint_cache_damaged", case=case, bytes_right=right,
+            refused_with=refused.typename if refused else None)
+
+
 @pytest.mark.parametrize("garbage", [
     pytest.param(lambda: b"\xde\xad" * 100_000, id="garbage-partial"),
     pytest.param(lambda: PAYLOAD[:250_000] + b"junk" * 100, id="torn-tail-partial"),
     pytest.param(lambda: PAYLOAD + b"x" * 1000, id="partial-longer-by-a-little"),
 ])
-def test_a_damaged_partial_is_detected_and_the_download_starts_over(url, tmp_path,
-                                                                    garbage) -> None:
+def test_a_damaged_partial_is_detected_and_the_download_starts_over(url, tmp_path, garbage,
+                                                                    figures, request) -> None:
     dest = tmp_path / "w.pth"
     partial_path(dest).write_bytes(garbage())
     download(url, dest, expected_bytes=len(PAYLOAD), progress=False)
+    _record(figures, request.node.callspec.id, dest.read_bytes() == PAYLOAD, refused=None)
     assert dest.read_bytes() == PAYLOAD and not partial_path(dest).exists()
 
 
 def test_a_partial_far_longer_than_the_file_is_discarded_then_the_retry_succeeds(
-        url, tmp_path) -> None:
+        url, tmp_path, figures) -> None:
     dest = tmp_path / "w.pth"
     partial_path(dest).write_bytes(PAYLOAD * 2)
-    with pytest.raises(DownloadError, match="discarded"):
+    with pytest.raises(DownloadError, match="discarded") as refused:
         download(url, dest, expected_bytes=len(PAYLOAD), progress=False)
     assert not dest.exists() and not partial_path(dest).exists()
     download(url, dest, expected_bytes=len(PAYLOAD), progress=False)
+    _record(figures, "partial-far-longer", dest.read_bytes() == PAYLOAD, refused)
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -89,13 +98,14 @@ def _preset_and_settings(url: str, tmp_path: Path, accept: bool):
     pytest.param(PAYLOAD + b"tail", id="final-file-too-long"),
 ])
 def test_a_cached_checkpoint_of_the_wrong_size_is_refused_or_fetched_again(
-        url, tmp_path, cached) -> None:
+        url, tmp_path, cached, figures, request) -> None:
     preset, offline, target = _preset_and_settings(url, tmp_path, accept=False)
     target.parent.mkdir(parents=True)
     target.write_bytes(cached)
-    with pytest.raises(CheckpointError, match="damaged"):
+    with pytest.raises(CheckpointError, match="damaged") as refused:
         resolve_checkpoint(preset, offline)
     assert target.read_bytes() == cached  # refusing never deletes the user's file
     preset, online, _ = _preset_and_settings(url, tmp_path, accept=True)
     assert resolve_checkpoint(preset, online) == target
+    _record(figures, request.node.callspec.id, target.read_bytes() == PAYLOAD, refused)
     assert target.read_bytes() == PAYLOAD

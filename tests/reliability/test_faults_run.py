@@ -1,7 +1,8 @@
 """Process faults mid-run: a Ray worker killed, the whole ``mediabind ingest`` killed.
 
-After recovery every point is stored exactly once; the figures record the
-work done again and the seconds each fault cost.
+After recovery every point is stored exactly once, counted in the store against a
+clean run's points; the figures record that count, the work done again and the
+seconds each fault cost.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import assert_exactly_once, item_ids, make_corpus
+from conftest import (
+    POINTS_PER_ITEM,
+    PointTally,
+    item_ids,
+    make_corpus,
+    stored_items,
+    tally_points,
+)
 from pipeline_helpers import open_ready_store, settings_for
 
 from embed_workers.pipeline import run_ingest
@@ -68,12 +76,12 @@ class KilledRayRun:
     killed_run_s: float
     rerun_items_skipped: int
     rerun_s: float
-    stored: int
+    tally: PointTally
     items: int
 
 
 @pytest.fixture(scope="module")
-def killed_ray_run(ray_session, big_corpus, tmp_path_factory) -> KilledRayRun:
+def killed_ray_run(ray_session, big_corpus, clean_layout, tmp_path_factory) -> KilledRayRun:
     """One Ray run whose encode worker is SIGKILLed mid-run, then a rerun if needed."""
     settings = settings_for(tmp_path_factory.mktemp("ray_kill"), upsert_batch=4)
     outcome: dict = {}
@@ -101,25 +109,26 @@ def killed_ray_run(ray_session, big_corpus, tmp_path_factory) -> KilledRayRun:
         started = time.perf_counter()
         rerun = run_ingest(str(big_corpus), store, settings=settings, executor="ray")
         rerun_s = time.perf_counter() - started
-        stored = assert_exactly_once(store, big_corpus)
+        tally = tally_points(store, clean_layout, big_corpus)  # asserted by the test
     report = outcome.get("report")
     return KilledRayRun(pid, finished, outcome.get("error"),
                         report.items_completed if report else None,
                         report.items_seen if report else None, killed_s,
-                        rerun.items_skipped, rerun_s, stored, len(item_ids(big_corpus)))
+                        rerun.items_skipped, rerun_s, tally, len(item_ids(big_corpus)))
 
 
 def test_after_a_killed_ray_worker_the_rerun_stores_every_point_once(killed_ray_run,
                                                                       figures) -> None:
     run = killed_ray_run
-    assert run.killed_pid is not None, "no busy encode worker was found to kill"
-    assert run.stored == 2 * run.items
     figures("ray_encode_worker_killed", killed_pid=run.killed_pid,
             run_finished_by_itself=run.finished_by_itself, run_error=run.error,
             items_completed_by_killed_run=run.items_completed,
             items_seen_by_killed_run=run.items_seen, items=run.items,
             killed_run_s=run.killed_run_s, rerun_skipped_items=run.rerun_items_skipped,
-            rerun_s=run.rerun_s, points_lost=0)
+            rerun_s=run.rerun_s, **run.tally.figures())
+    assert run.killed_pid is not None, "no busy encode worker was found to kill"
+    run.tally.check()
+    assert run.tally.stored == POINTS_PER_ITEM * run.items
 
 
 def test_a_killed_ray_worker_does_not_stop_or_shorten_the_run(killed_ray_run) -> None:
@@ -155,7 +164,7 @@ def _kill_after_segments(proc: subprocess.Popen, segments: int) -> int:
     raise AssertionError(f"the run ended (rc {proc.wait()}) before {segments} segments")
 
 
-def test_a_killed_ingest_process_resumes_exactly_once(tmp_path, figures) -> None:
+def test_a_killed_ingest_process_resumes_exactly_once(tmp_path, clean_layout, figures) -> None:
     # Progress lines come every 2 s: a corpus that takes longer than that to embed.
     big_corpus = make_corpus(tmp_path / "media", images=120, texts=30, seed=9)
     home = tmp_path / "home"
@@ -171,7 +180,7 @@ def test_a_killed_ingest_process_resumes_exactly_once(tmp_path, figures) -> None
     assert proc.returncode == -signal.SIGKILL
     settings = settings_for(home)
     with open_ready_store(settings) as store:
-        kept = store.count()
+        kept, items_kept = store.count(), stored_items(store)
     started = time.perf_counter()
     rerun = subprocess.run(_mediabind("ingest", str(big_corpus), "--json"), env=_cli_env(home),
                            capture_output=True, text=True, timeout=240)
@@ -186,9 +195,11 @@ def test_a_killed_ingest_process_resumes_exactly_once(tmp_path, figures) -> None
     assert report["error"] is None
     assert settled + report["items_completed"] == items
     with open_ready_store(settings) as store:
-        stored = assert_exactly_once(store, big_corpus)
-    figures("ingest_process_sigkilled", killed_after_segments=shown, points_kept=kept,
+        tally = tally_points(store, clean_layout, big_corpus)
+    figures("ingest_process_sigkilled", items=items, killed_after_segments=shown,
+            points_kept=kept, items_kept=items_kept,
             rerun_skipped_items=settled, rerun_unread_items=report["items_unchanged"],
             rerun_completed_items=report["items_completed"],
-            points_rewritten=kept + report["points_written"] - stored,
-            killed_run_s=killed_s, rerun_s=rerun_s, points_lost=0)
+            points_rewritten=kept + report["points_written"] - tally.stored,
+            killed_run_s=killed_s, rerun_s=rerun_s, **tally.figures())
+    tally.check()

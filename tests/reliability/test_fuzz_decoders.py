@@ -5,7 +5,8 @@ sensor arrays, subtitles); hypothesis truncates them, flips, inserts and zeroes
 bytes, and splices in the header of another seed. Property: every input gives
 Segments in the layout its modality promises and/or one Rejected with a
 reason; nothing raises; no temporary file is left; each decode ends within a
-bound set by the (lowered) ffmpeg timeout.
+bound set by the (lowered) ffmpeg timeout. The figures count the inputs each
+run decoded, what came out, and the slowest decode.
 
 Long mode: ``MEDIABIND_FUZZ_EXAMPLES=2000 pytest tests/reliability/test_fuzz_decoders.py``.
 """
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +173,27 @@ LAYOUT: dict[Modality, Callable[[object], bool]] = {
 }
 
 
-def check_decode(kind: Kind, name: str, data: bytes, tmp: Path) -> list[Segment | Rejected]:
+@dataclass
+class Seen:
+    """What one fuzz run fed a decoder and got back, for the figures."""
+
+    inputs: int = 0
+    rejected: int = 0
+    slowest_s: float = 0.0
+
+    def add(self, out: list[Segment | Rejected], seconds: float) -> None:
+        self.inputs += 1
+        self.rejected += any(isinstance(o, Rejected) for o in out)
+        self.slowest_s = max(self.slowest_s, seconds)
+
+    def figures(self) -> dict[str, float]:
+        return {"inputs": self.inputs, "rejected": self.rejected,
+                "decoded": self.inputs - self.rejected, "slowest_s": self.slowest_s,
+                "bound_s": DECODE_BOUND_S, "ffmpeg_timeout_s": FFMPEG_TIMEOUT_S}
+
+
+def check_decode(kind: Kind, name: str, data: bytes, tmp: Path,
+                 seen: Seen | None = None) -> list[Segment | Rejected]:
     """Decode ``data`` as ``kind`` and check the property; returns what came out."""
     work = Path(tempfile.mkdtemp(dir=tmp))
     path = work / name
@@ -193,35 +215,43 @@ def check_decode(kind: Kind, name: str, data: bytes, tmp: Path) -> list[Segment 
             assert isinstance(o, Segment), o
             assert LAYOUT[o.modality](o.data), f"{name}: bad {o.modality} layout"
     assert out, f"{name}: neither a segment nor a rejection"
+    if seen is not None:  # counted once the property held: a failure is not an input passed
+        seen.add(out, elapsed)
     return out
 
 
-def _fuzz(kind: Kind, seeds: dict[Kind, list[Seed]], tmp: Path, data: st.DataObject) -> None:
+def _fuzz(kind: Kind, seeds: dict[Kind, list[Seed]], tmp: Path, data: st.DataObject,
+          seen: Seen) -> None:
     # Seeds are drawn by index so a failure report names them instead of printing their bytes.
     name, mutated = seeds[kind][data.draw(st.integers(0, len(seeds[kind]) - 1), label="seed")]
     others = [s for k in seeds for s in seeds[k]]
     for mutate in data.draw(st.lists(mutations(), min_size=1, max_size=3), label="mutations"):
         other = others[data.draw(st.integers(0, len(others) - 1), label="header from")]
         mutated = mutate(mutated, other[1])
-    check_decode(kind, name, mutated, tmp)
+    check_decode(kind, name, mutated, tmp, seen)
     assert list(tmp.iterdir()) == [], "temporary files left behind"
 
 
 @pytest.mark.parametrize("kind", list(Kind), ids=[k.value for k in Kind])
-def test_fuzz_decoder(kind: Kind, seeds, private_tmp: Path) -> None:
+def test_fuzz_decoder(kind: Kind, seeds, private_tmp: Path, figures) -> None:
+    seen = Seen()
+
     @FUZZ
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
-        _fuzz(kind, seeds, private_tmp, data)
+        _fuzz(kind, seeds, private_tmp, data, seen)
     run()
+    figures("fuzz_decoders", case=kind.value, **seen.figures())
 
 
 @pytest.mark.parametrize("kind", list(Kind), ids=[k.value for k in Kind])
-def test_seeds_decode_cleanly(kind: Kind, seeds, private_tmp: Path) -> None:
+def test_seeds_decode_cleanly(kind: Kind, seeds, private_tmp: Path, figures) -> None:
     """The unmutated seeds decode without rejection: the fuzzing starts from valid files."""
+    seen = Seen()
     for name, data in seeds[kind]:
-        out = check_decode(kind, name, data, private_tmp)
+        out = check_decode(kind, name, data, private_tmp, seen)
         assert not any(isinstance(o, Rejected) for o in out), (name, out[-1])
+    figures("fuzz_decoder_seeds", case=kind.value, **seen.figures())
 
 
 def test_thermal_with_infinities_stays_in_unit_range(private_tmp: Path) -> None:

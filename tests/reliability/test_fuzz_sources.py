@@ -5,7 +5,8 @@ Property: ``iter_source`` on an existing archive never raises; it yields
 SourceEntry or Rejected (with a reason) only; every member path it hands out
 is a clean relative POSIX path; no spool file is left once entries are
 released; nothing appears outside the spool folder; each read ends in bounded
-time. Long mode: ``MEDIABIND_FUZZ_EXAMPLES=2000``.
+time. Long mode: ``MEDIABIND_FUZZ_EXAMPLES=2000``. The figures count the sources
+each run read, what came out, and the slowest read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -118,7 +120,21 @@ def tree(root: Path) -> set[Path]:
     return set(root.rglob("*"))
 
 
-def check_source(source: Path, work: Path) -> tuple[int, int]:
+@dataclass
+class Seen:
+    """What one fuzz run fed the readers and got back, for the figures."""
+
+    inputs: int = 0
+    entries: int = 0
+    rejected: int = 0
+    slowest_s: float = 0.0
+
+    def figures(self) -> dict[str, float]:
+        return {"inputs": self.inputs, "entries": self.entries, "rejected": self.rejected,
+                "slowest_s": self.slowest_s, "bound_s": READ_BOUND_S}
+
+
+def check_source(source: Path, work: Path, seen: Seen | None = None) -> tuple[int, int]:
     """Read ``source`` completely; check the property; (entries, rejected)."""
     settings = Settings(home=work / "home", ffmpeg_timeout_s=10, max_nesting=2)
     spool = settings.home / "tmp"
@@ -135,11 +151,16 @@ def check_source(source: Path, work: Path) -> tuple[int, int]:
         assert record.path.is_file() and record.item.size_bytes > 0
         record.release()
         entries += 1
-    assert time.monotonic() - started < READ_BOUND_S
+    elapsed = time.monotonic() - started
+    assert elapsed < READ_BOUND_S
     assert entries + rejected > 0, "every source yields something, if only one Rejected"
     assert not spool.exists() or list(spool.iterdir()) == [], "spool files left behind"
     new = {p for p in tree(work) - before if spool not in (p, *p.parents)}
     assert new <= {settings.home, spool}, f"written outside the spool folder: {new}"
+    if seen is not None:  # counted once the property held
+        seen.inputs, seen.entries, seen.rejected = (seen.inputs + 1, seen.entries + entries,
+                                                    seen.rejected + rejected)
+        seen.slowest_s = max(seen.slowest_s, elapsed)
     return entries, rejected
 
 
@@ -157,8 +178,9 @@ def work_root(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tgz", "zip"])
-def test_fuzz_archives(fmt: str, work_root: Path) -> None:
+def test_fuzz_archives(fmt: str, work_root: Path, figures) -> None:
     suffix, build = BUILDERS[fmt]
+    seen = Seen()
 
     @FUZZ
     @given(entries=members, mutation=mutations)
@@ -166,13 +188,15 @@ def test_fuzz_archives(fmt: str, work_root: Path) -> None:
         work = Path(tempfile.mkdtemp(dir=work_root))
         source = work / f"fuzz{suffix}"
         source.write_bytes(mutate(build(entries), *mutation))
-        check_source(source, work)
+        check_source(source, work, seen)
         shutil.rmtree(work)
     run()
+    figures("fuzz_sources", case=fmt, **seen.figures())
 
 
-def test_fuzz_tar_with_invalid_utf8_names(work_root: Path) -> None:
+def test_fuzz_tar_with_invalid_utf8_names(work_root: Path, figures) -> None:
     suffix, build = BUILDERS["tar_raw_names"]
+    seen = Seen()
 
     @FUZZ
     @given(entries=members)
@@ -180,12 +204,20 @@ def test_fuzz_tar_with_invalid_utf8_names(work_root: Path) -> None:
         work = Path(tempfile.mkdtemp(dir=work_root))
         source = work / f"fuzz{suffix}"
         source.write_bytes(build([("e" + name, data) for name, data in entries]))
+        started = time.monotonic()
         for record in iter_source(source, Settings(home=work / "home")):
             if isinstance(record, SourceEntry):
                 record.item.member.encode("utf-8")  # payloads must be valid UTF-8
                 record.release()
+                seen.entries += 1
+            else:
+                seen.rejected += 1
+        seen.inputs += 1
+        seen.slowest_s = max(seen.slowest_s, time.monotonic() - started)
         shutil.rmtree(work)
     run()
+    # No time bound is asserted here: none is recorded.
+    figures("fuzz_sources", case="tar_raw_names", **seen.figures() | {"bound_s": None})
 
 
 def _folder_name(text: str) -> str:
@@ -196,7 +228,9 @@ def _folder_name(text: str) -> str:
     return name if name not in (".", "..") else "_" + name
 
 
-def test_fuzz_folders(work_root: Path) -> None:
+def test_fuzz_folders(work_root: Path, figures) -> None:
+    seen = Seen()
+
     @FUZZ
     @given(entries=members, raw=st.booleans())
     def run(entries, raw) -> None:
@@ -212,6 +246,7 @@ def test_fuzz_folders(work_root: Path) -> None:
                 target.write_bytes(data)
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 continue
-        check_source(root, work)
+        check_source(root, work, seen)
         shutil.rmtree(work)
     run()
+    figures("fuzz_sources", case="folders", **seen.figures())

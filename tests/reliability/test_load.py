@@ -5,6 +5,7 @@ belongs to one process, and within it one ``VectorStore`` handle is shared by
 every thread behind one ``threading.Lock`` (``GuardedStore``), the writer
 (``run_ingest``'s sink) included. Behaviour only: no errors, every result
 right and counts bounded; no timing assertions (benchmarks/load.py measures).
+The figures count failed queries, and points lost or doubled in the store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import tally_points
 from pipeline_helpers import open_ready_store, settings_for
 from store_helpers import POLICY, random_unit, record
 
@@ -80,7 +82,7 @@ def _clients(n: int, work: Callable[[int], list[str]]) -> list[str]:
 
 
 @pytest.mark.parametrize("clients", [1, 8, 32])
-def test_concurrent_searches_on_one_guarded_handle(filled, clients) -> None:
+def test_concurrent_searches_on_one_guarded_handle(filled, clients, figures) -> None:
     store, vectors = filled
 
     def work(client: int) -> list[str]:
@@ -96,12 +98,19 @@ def test_concurrent_searches_on_one_guarded_handle(filled, clients) -> None:
                 problems.append(f"client {client}: query {k} got {hits[:1]}")
         return problems
 
-    assert _clients(clients, work) == []
-    assert store.count() == POINTS
+    problems = _clients(clients, work)
+    count = store.count()
+    figures("concurrent_searches", case=clients, clients=clients, points=POINTS,
+            queries=clients * QUERIES_PER_CLIENT, failed_queries=len(problems),
+            points_stored=count, points_lost=max(POINTS - count, 0),
+            points_stray=max(count - POINTS, 0))
+    assert problems == []
+    assert count == POINTS
 
 
 @pytest.mark.slow
-def test_searches_while_a_run_writes_to_the_same_store(corpus, encoder, tmp_path) -> None:
+def test_searches_while_a_run_writes_to_the_same_store(corpus, encoder, clean_layout, tmp_path,
+                                                        figures) -> None:
     settings = settings_for(tmp_path / "home", upsert_batch=2)
     with open_ready_store(settings) as raw:
         store = GuardedStore(raw)
@@ -128,6 +137,11 @@ def test_searches_while_a_run_writes_to_the_same_store(corpus, encoder, tmp_path
             done.set()
             searcher.join(30)
         final = store.count()
+        tally = tally_points(raw, clean_layout, corpus)
+    shrank = sum(1 for before, after in zip(counts, counts[1:], strict=False) if after < before)
+    figures("search_while_ingesting", searches=len(counts), errors=len(problems),
+            count_shrank=shrank, items=report.items_completed, **tally.figures())
     assert problems == [] and report.error is None
     assert counts and counts == sorted(counts), "a search saw the store shrink"
     assert max(counts) <= final == report.points_written
+    tally.check()

@@ -1,6 +1,7 @@
 """Hostile query input to ``MediaSearch``: each gives one clear ValueError/TypeError
 (FileNotFoundError for a path that is not there) and nothing else: the store is
-unchanged, no temporary file is left, and the client still answers afterwards."""
+unchanged, no temporary file is left, and the client still answers afterwards.
+Each case records the error it got and how long the refusal took."""
 
 from __future__ import annotations
 
@@ -155,23 +156,31 @@ def _resolve(kwargs: dict[str, Any], files: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_query_gives_one_clear_error(case: str, client: MediaSearch, files,
-                                             private_tmp: Path) -> None:
+                                             private_tmp: Path, figures) -> None:
     before = client.store.count()
     started = time.monotonic()
     with pytest.raises(ERRORS) as info:
         client.search(**_resolve(HOSTILE[case], files))
+    elapsed = time.monotonic() - started
     message = str(info.value)
+    after = client.store.count()
+    figures("hostile_queries", case=case, error=info.typename, refused_s=elapsed,
+            points_changed=after - before)
     assert message.strip() and len(message) < 1000 and "Traceback" not in message, message
-    assert time.monotonic() - started < 30
-    assert client.store.count() == before
+    assert elapsed < 30
+    assert after == before
     assert [p for p in private_tmp.iterdir() if not p.name.startswith("torchinductor")] == []
     assert len(client.search(vector=VECTOR_OK, limit=3)) == 3  # still answers
 
 
-def test_oversized_text_is_refused_before_it_is_tokenised(client: MediaSearch) -> None:
+def test_oversized_text_is_refused_before_it_is_tokenised(client: MediaSearch,
+                                                          figures) -> None:
     """A 30-MB text was tokenised (~5 s of BPE) before the byte cap refused it."""
     huge = "lorem ipsum " * (40 * CAP)
     started = time.monotonic()
-    with pytest.raises(ValueError, match="cap"):
+    with pytest.raises(ValueError, match="cap") as info:
         client.search(text=huge)
-    assert time.monotonic() - started < 1.0
+    elapsed = time.monotonic() - started
+    figures("hostile_queries", case="oversized_text", error=info.typename, refused_s=elapsed,
+            text_mib=len(huge.encode()) / 2**20)
+    assert elapsed < 1.0

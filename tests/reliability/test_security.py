@@ -1,5 +1,6 @@
 """Security checks: no shell near file names, weights-only checkpoint loading, the Qdrant
-API key and TLS honoured and never logged, nothing written outside the configured folders."""
+API key and TLS honoured and never logged, nothing written outside the configured folders.
+Each check records what it scanned or saw (``figures``, case = the check)."""
 
 from __future__ import annotations
 
@@ -78,16 +79,20 @@ def shell_findings(path: Path, tree: ast.Module) -> list[str]:
     return found
 
 
-def test_the_scanner_finds_what_it_looks_for() -> None:
+def test_the_scanner_finds_what_it_looks_for(figures) -> None:
     bad = ast.parse("import os, subprocess\nos.system('x')\nsubprocess.run(f'ls {n}')\n"
                     "subprocess.Popen(['a'], shell=True)\nos.popen('x')\n")
-    assert len(shell_findings(REPO / "x.py", bad)) == 4
+    found = shell_findings(REPO / "x.py", bad)
+    figures("security", case="scanner_self_test", planted=4, found=len(found))
+    assert len(found) == 4
     good = ast.parse("import subprocess\nsubprocess.run(['ffprobe', str(p)], shell=False)\n")
     assert shell_findings(REPO / "x.py", good) == []
 
 
-def test_no_shell_anywhere_in_the_packages() -> None:
-    found = [f for path, tree in package_sources() for f in shell_findings(path, tree)]
+def test_no_shell_anywhere_in_the_packages(figures) -> None:
+    sources = list(package_sources())
+    found = [f for path, tree in sources for f in shell_findings(path, tree)]
+    figures("security", case="no_shell", files_scanned=len(sources), findings=len(found))
     assert found == []
 
 
@@ -102,11 +107,13 @@ def torch_load_findings(path: Path, tree: ast.Module) -> list[str]:
     return found
 
 
-def test_every_torch_load_is_weights_only() -> None:
+def test_every_torch_load_is_weights_only(figures) -> None:
     loads = [path for path, tree in package_sources() for call in calls(tree)
              if dotted(call.func) == ("torch", "load")]
-    assert loads, "no torch.load found: the scan is looking in the wrong place"
     found = [f for path, tree in package_sources() for f in torch_load_findings(path, tree)]
+    figures("security", case="torch_load_weights_only", torch_loads=len(loads),
+            findings=len(found))
+    assert loads, "no torch.load found: the scan is looking in the wrong place"
     assert found == []
     # numpy never unpickles file contents either (archive .npy files are hostile input).
     pickled = [f"{path.relative_to(REPO)}:{call.lineno}" for path, tree in package_sources()
@@ -179,17 +186,19 @@ def assert_secret_absent(key: str, error: BaseException, settings: Settings, cap
     assert key not in settings.model_dump_json() and key not in repr(Settings())
 
 
-def test_api_key_never_logged_with_the_server_down(monkeypatch, tmp_path, caplog) -> None:
+def test_api_key_never_logged_with_the_server_down(monkeypatch, tmp_path, caplog,
+                                                    figures) -> None:
     key = f"key-{uuid.uuid4().hex}"
     error, settings = open_server_store(monkeypatch, tmp_path,
                                         f"http://127.0.0.1:{closed_port()}", key, caplog)
     assert isinstance(error, ConnectionError) and "cannot reach" in str(error)
     assert settings.qdrant_api_key is not None
     assert settings.qdrant_api_key.get_secret_value() == key  # read, just never shown
+    figures("security", case="api_key_server_down", log_records=len(caplog.records))
     assert_secret_absent(key, error, settings, caplog)
 
 
-def test_api_key_is_sent_as_a_header_over_http(monkeypatch, tmp_path, caplog) -> None:
+def test_api_key_is_sent_as_a_header_over_http(monkeypatch, tmp_path, caplog, figures) -> None:
     key = f"key-{uuid.uuid4().hex}"
     server = FirstBytes()
     try:
@@ -198,11 +207,13 @@ def test_api_key_is_sent_as_a_header_over_http(monkeypatch, tmp_path, caplog) ->
     finally:
         server.close()
     request = b"".join(server.received).lower()
+    figures("security", case="api_key_header_http",
+            header_sent=f"api-key: {key}".encode() in request, log_records=len(caplog.records))
     assert f"api-key: {key}".encode() in request  # honoured: the server gets it
     assert_secret_absent(key, error, settings, caplog)
 
 
-def test_https_url_speaks_tls(monkeypatch, tmp_path, caplog) -> None:
+def test_https_url_speaks_tls(monkeypatch, tmp_path, caplog, figures) -> None:
     key = f"key-{uuid.uuid4().hex}"
     server = FirstBytes()
     try:
@@ -211,6 +222,8 @@ def test_https_url_speaks_tls(monkeypatch, tmp_path, caplog) -> None:
     finally:
         server.close()
     first = [b for b in server.received if b]
+    figures("security", case="https_tls", connections=len(first),
+            tls_hellos=sum(1 for b in first if b[:2] == b"\x16\x03"))
     assert first and all(b[:2] == b"\x16\x03" for b in first)  # a TLS ClientHello
     assert all(key.encode() not in b for b in first)  # never in clear text
     assert_secret_absent(key, error, settings, caplog)
@@ -240,7 +253,8 @@ def hostile_archive(path: Path, outside: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_nothing_is_written_outside_home_and_tmpdir(monkeypatch, tmp_path: Path) -> None:
+def test_nothing_is_written_outside_home_and_tmpdir(monkeypatch, tmp_path: Path,
+                                                    figures) -> None:
     root = tmp_path / "sandbox"
     home, tmpdir, outside = root / "home", root / "tmpdir", root / "outside"
     for folder in (tmpdir, outside):
@@ -258,12 +272,15 @@ def test_nothing_is_written_outside_home_and_tmpdir(monkeypatch, tmp_path: Path)
     before = snapshot(tmp_path)
     with open_ready_store(settings) as store:
         report = run_ingest(str(source), store, settings=settings)
-        assert store.count() > 0
+        stored = store.count()
+    assert stored > 0
     assert report.error is None and len(report.rejected) >= 8
     after = snapshot(tmp_path)
     changed = {p for p in after if before.get(p) != after[p]} | (set(before) - set(after))
     stray = sorted(str(p) for p in changed
                    if p != root and not any(p == a or a in p.parents for a in (home, tmpdir)))
+    figures("security", case="writes_only_home_and_tmpdir", rejected=len(report.rejected),
+            points_stored=stored, stray_writes=len(stray))
     assert stray == []
     assert list(outside.iterdir()) == []
     assert list((home / "tmp").iterdir()) == []  # spool files released
