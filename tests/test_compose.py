@@ -113,6 +113,36 @@ def test_worker_serves_against_the_whole_stack(compose):
         assert worker["depends_on"][dependency]["condition"] == "service_healthy"
 
 
+def ray_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every service that is a Ray node (`ray start`) or a Ray driver (RAY_ADDRESS)."""
+    return {name: service for name, service in compose["services"].items()
+            if "ray start" in " ".join(service.get("command") or [])
+            or "RAY_ADDRESS" in service_env(service)}
+
+
+def test_ray_nodes_and_drivers_are_the_expected_services(compose):
+    assert set(ray_services(compose)) == {"ray-head", "ray-gpu-worker", "worker", "pool-worker"}
+
+
+def test_every_ray_node_and_driver_shares_one_token_in_token_mode(compose, env_example):
+    """Ray 2.60 refuses a node or driver without the head's token; a driver joining an
+    explicit address sends it only with RAY_AUTH_MODE=token."""
+    token = env_example["RAY_AUTH_TOKEN"]
+    assert token
+    for name, service in ray_services(compose).items():
+        env = service_env(service)
+        assert env.get("RAY_AUTH_MODE") == "token", name
+        assert env.get("RAY_AUTH_TOKEN") == token, name
+
+
+def test_the_ray_token_is_required_not_defaulted():
+    """An unset RAY_AUTH_TOKEN must stop compose, not start nodes that cannot join."""
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("ray-head", "ray-gpu-worker", "worker", "pool-worker"):
+        value = service_env(raw["services"][name])["RAY_AUTH_TOKEN"]
+        assert value.startswith("${RAY_AUTH_TOKEN:?"), (name, value)
+
+
 @pytest.mark.parametrize("name", MEDIABIND_SERVICES)
 def test_model_cache_and_archive_are_mounted_where_settings_look(compose, name):
     service = compose["services"][name]

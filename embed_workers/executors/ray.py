@@ -28,7 +28,6 @@ the same path; passing bytes through the object store was left out on purpose
 
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 import time
@@ -45,6 +44,7 @@ from ray.util.queue import Full, Queue
 from embed_workers.executors import EncoderArgs, RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import Failure, FeedDone, feed, planned_stream
+from embed_workers.executors.ray_connect import connect
 from embed_workers.executors.ray_tasks import POLL_S, ROW_SCHEMA, WorkQueueDatasource, row_for
 from embed_workers.model import resolve_dtype
 from embed_workers.pipeline import (
@@ -63,25 +63,6 @@ LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
 
 
 # --- Ray lifecycle ------------------------------------------------------------------------
-
-
-def connect(settings: Settings) -> bool:
-    """Join RAY_ADDRESS / settings.ray_address, else start a local Ray; True if we started it.
-
-    A local Ray gets at least one CPU more than the decode tasks and actors
-    ask for: a pool whose CPUs add up to all of the machine's leaves the read
-    task none, and Ray Data then waits forever.
-    """
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_enable_worker_prestart", "0")
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False)
-        return True
-    cpus = max(os.cpu_count() or 1, settings.decode_workers + settings.encode_actors + 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def cpu_shares(total_cpus: float, decode_tasks: int, actors: int) -> tuple[float, float]:
