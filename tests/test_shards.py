@@ -119,3 +119,17 @@ def test_the_manifest_lists_every_member_of_every_shard(tmp_path, settings):
     assert table.column("name").to_pylist() == [f"f{i}.txt" for i in range(4)]
     assert table.column("shard_id").to_pylist() == [plan.shards[0].shard_id] * 3 + [
         plan.shards[1].shard_id]
+
+
+def test_a_prefix_is_listed_in_parallel_and_in_the_order_of_a_plain_find(tmp_path, settings):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    names = [f"/lst/p/{d}/f{i}.txt" for d in ("a", "b", "c/deep") for i in range(3)]
+    names += ["/lst/p/top.txt"]
+    for name in names:
+        memory.pipe(name, name.encode())
+    plan = plan_source("memory://lst/p", settings.model_copy(update={"shard_files": 100}))
+    listed = [m.name for s in plan.shards for m in s.members]
+    plain = sorted(p.removeprefix("/lst/p/") for p in memory.find("/lst/p"))
+    assert listed == plain and len(listed) == 10

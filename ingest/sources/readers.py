@@ -77,15 +77,34 @@ def _file_type(mode: int) -> str:
 
 # --- fsspec folders ----------------------------------------------------------------
 
+LISTING_THREADS = 8  # prefixes listed at once: an object store answers each in round trips
+
+
 def iter_fsspec_folder(fs: Any, root: str) -> Iterator[RawMember]:
-    """Every file under ``root`` of an fsspec filesystem, sorted by path."""
-    found = fs.find(root, withdirs=False, detail=True)
+    """Every file under ``root`` of an fsspec filesystem, sorted by path.
+
+    The prefixes right under ``root`` are listed in parallel (one ``find`` each),
+    since listing a large bucket is a long series of paged requests per prefix.
+    """
+    found = _find_in_parallel(fs, root)
     base = root.rstrip("/") + "/"
     for path in sorted(found):
         info = found[path]
         yield RawMember(path[len(base):] if path.startswith(base) else path,
                         info.get("size"), fsspec_mtime(info),
                         lambda p=path: fs.open(p, "rb"))
+
+
+def _find_in_parallel(fs: Any, root: str) -> dict[str, dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    top = fs.ls(root, detail=True)
+    files = {e["name"]: e for e in top if e.get("type") != "directory"}
+    prefixes = [e["name"] for e in top if e.get("type") == "directory"]
+    with ThreadPoolExecutor(min(LISTING_THREADS, max(len(prefixes), 1))) as pool:
+        for part in pool.map(lambda p: fs.find(p, withdirs=False, detail=True), prefixes):
+            files.update(part)
+    return files
 
 
 def fsspec_member(fs: Any, root: str, name: str, size: int | None,
