@@ -74,6 +74,8 @@ class RunReport:
     objects_listed: int = 0  # top-level objects the plan listed (files, archives)
     shards: int = 0  # shards the plan left to do
     manifest: str | None = None  # the plan's manifest (Parquet), with a ledger
+    decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node → entries read
+    encode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node → segments encoded
     notes: list[str] = field(default_factory=list)
     items_ingested: Counter[str] = field(default_factory=Counter)  # per modality
     items_completed: int = 0
@@ -133,7 +135,8 @@ class RunReport:
             "items_duplicate": self.items_duplicate, "items_completed": self.items_completed,
             "items_unchanged": self.items_unchanged, "source_bytes_read": self.source_bytes_read,
             "objects_listed": self.objects_listed, "shards": self.shards,
-            "manifest": self.manifest,
+            "manifest": self.manifest, "decode_nodes": dict(self.decode_nodes),
+            "encode_nodes": dict(self.encode_nodes),
             "notes": list(self.notes),
             "items_ingested": dict(self.items_ingested),
             "items_rejected": len(self.rejected_items()),

@@ -14,6 +14,7 @@ from typing import Any
 
 from embed_workers.executors import RunContext
 from ingest.plan import Action, PlannedEntry, plan_entries
+from ingest.shards import ShardPlan
 
 Put = Callable[[Any], bool]
 
@@ -32,15 +33,14 @@ class Failure:
     error: BaseException
 
 
-def planned_stream(ctx: RunContext) -> Iterator[PlannedEntry]:
-    """The source's entries with their plan; listing the source raises user errors now.
+def make_plan(ctx: RunContext) -> ShardPlan:
+    """List the source (no content), anti-join the ledger, cut shards; user errors raise now.
 
-    The listing is anti-joined with the ledger and cut into shards first
-    (``ingest.shards``); the shards still to do are written to the run's
-    manifest, then read one after the other.
+    The shards still to do are written to the run's manifest, and the report
+    gets the plan's counts and its time.
     """
     from ingest.shards import write_manifest
-    from ingest.sources import iter_planned, plan_source
+    from ingest.sources import plan_source
 
     started = time.perf_counter()
     plan = plan_source(ctx.source, ctx.settings, ctx.ledger)
@@ -50,7 +50,14 @@ def planned_stream(ctx: RunContext) -> Iterator[PlannedEntry]:
         report.manifest = str(write_manifest(plan, ctx.settings.runs_path / ctx.run_id
                                              / "manifest.parquet"))
     report.add_stage_time("plan", time.perf_counter() - started)
-    source = iter_planned(plan, ctx.settings, ctx.manifest,
+    return plan
+
+
+def planned_stream(ctx: RunContext) -> Iterator[PlannedEntry]:
+    """The source's entries with their plan, shard after shard, read in this process."""
+    from ingest.sources import iter_planned
+
+    source = iter_planned(make_plan(ctx), ctx.settings, ctx.manifest,
                           record_containers=ctx.ledger is not None)
     return plan_entries(source, ctx.sink)
 

@@ -1,29 +1,21 @@
-"""The Ray executor: Ray Data streaming, decode on CPU tasks, encode in an actor pool.
+"""The Ray executor: Ray Data streaming; shards read and decoded on any node, encoded in a pool.
 
-    driver feeder thread ─► work queue (Ray actor, bounded)
-        ─► read tasks = decode tasks (CPU; ``decode_events`` then ``prepare_events``:
-           decoded and preprocessed; blocks of model tensors per modality)
-        ─► map_batches(EncodeActor, compute=ActorPoolStrategy)  (model built once per
-           actor; it only stacks the tensors and runs the model)
-        ─► driver iterates the output and writes through the sink (the only store owner)
+    driver: plan (list the source, anti-join the ledger, cut shards: no content read)
+        ─► work queue of shards (Ray actor, bounded; plain data, no bytes)
+        ─► read tasks on any node (CPU): read each shard's members straight from the
+           source, hash, probe, decode, preprocess (``ray_tasks``); blocks of model
+           tensors per modality, every row keyed by its entry
+        ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=1, max_size=N))
+           (model built once per actor; the pool grows with the cluster and runs on
+           what exists; it only stacks the tensors and runs the model)
+        ─► driver: admission (one copy per item, ``ray_admit``), the collector, the sink
 
-Preprocessing (resize/crop/normalise, fbank, tokens) runs in the decode tasks,
-so a GPU actor never waits on CPU work. Vision tensors cross the object store
-as float16 when the model computes in bf16/fp16 (``prepare.wire_dtypes``);
-the actors send back vectors and segment metadata only.
-
-Listing and planning stay on the driver: the embedded store is locked to one
-process and the source may be a stream (a tar) that only one reader can walk.
-The bounded work queue plus Ray Data's streaming backpressure keep memory and
-spooled disk flat.
-
-Where the bytes are: decode tasks read the entry's path (a folder file or the
-driver's spool file), so they are pinned to the driver's node with the
-``ray.io/node-id`` label; encode actors go anywhere (GPU nodes). Decode
-therefore scales with the driver node's cores. To spread decode over a
-multi-node cluster, the source must be on a filesystem every node mounts at
-the same path; passing bytes through the object store was left out on purpose
-(it would copy every item through the driver's memory).
+The driver lists the source and never reads its content; the read tasks are
+not pinned to any node. Vision tensors cross the object store as float16 when
+the model computes in bf16/fp16 (``prepare.wire_dtypes``); the actors send
+back vectors and segment metadata only, and the driver writes them through
+the sink (the embedded store's one holder). Bounded queues and Ray Data's
+streaming backpressure keep memory and spooled disk flat.
 """
 
 from __future__ import annotations
@@ -31,7 +23,6 @@ from __future__ import annotations
 import pickle
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -40,22 +31,29 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy, DataContext
 from ray.util.queue import Full, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from embed_workers.executors import EncoderArgs, RunContext
 from embed_workers.executors.collect import Collector
-from embed_workers.executors.feed import Failure, FeedDone, feed, planned_stream
+from embed_workers.executors.feed import make_plan
+from embed_workers.executors.ray_admit import Admission
 from embed_workers.executors.ray_connect import connect
-from embed_workers.executors.ray_tasks import POLL_S, ROW_SCHEMA, WorkQueueDatasource, row_for
-from embed_workers.model import resolve_dtype
-from embed_workers.pipeline import (
-    ItemDecoded,
-    ItemStarted,
-    encode_prepared,
+from embed_workers.executors.ray_tasks import (
+    POLL_S,
+    ROW_SCHEMA,
+    DecodeJob,
+    WorkQueueDatasource,
+    row_for,
 )
+from embed_workers.model import resolve_dtype
+from embed_workers.pipeline import encode_prepared
 from embed_workers.prepare import Preparer
 from embed_workers.preprocess import PreprocessOptions
+from ingest.manifest import load_manifest
 from ingest.plan import Action, PlannedEntry
-from schemas import Segment, Settings
+from ingest.shards import Shard, ShardPlan
+from ingest.sources import Unchanged
+from schemas import Settings
 
 QUEUE_PER_TASK = 2
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
@@ -75,41 +73,20 @@ def cpu_shares(total_cpus: float, decode_tasks: int, actors: int) -> tuple[float
 
 def run_ray(ctx: RunContext) -> None:
     collector = Collector(ctx)
-    stream = _until_first_ingest(planned_stream(ctx), collector)
-    if stream is None:  # nothing new: a scheduled rerun does not pay for Ray's start-up
+    started = time.perf_counter()
+    plan = make_plan(ctx)
+    for entry in plan.unchanged:
+        collector.planned(PlannedEntry(Action.UNCHANGED, unchanged=Unchanged(entry)))
+    collector.report.add_stage_time("source", time.perf_counter() - started)
+    if not plan.shards:  # nothing new: a scheduled rerun does not pay for Ray's start-up
         collector.close()
         return
     started_here = connect(ctx.settings)
     try:
-        _run(ctx, stream, collector)
+        _run(ctx, plan, collector)
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _until_first_ingest(stream: Iterator[PlannedEntry],
-                        collector: Collector) -> Iterator[PlannedEntry] | None:
-    """Settle decisions up to the first entry to ingest; None when there is none."""
-    started = time.perf_counter()
-    try:
-        for planned in stream:
-            if planned.action is Action.INGEST:
-                return _prepend(planned, stream)
-            collector.planned(planned)
-        return None
-    finally:
-        collector.report.add_stage_time("source", time.perf_counter() - started)
-
-
-def _prepend(first: PlannedEntry, rest: Iterator[PlannedEntry]) -> Iterator[PlannedEntry]:
-    """``first`` then ``rest``; closing it closes ``rest`` (which releases its spooled files)."""
-    try:
-        yield first
-        yield from rest
-    finally:
-        close = getattr(rest, "close", None)
-        if close is not None:
-            close()
 
 
 # --- encode actors ------------------------------------------------------------------------
@@ -130,6 +107,7 @@ class EncodeActor:
         self.encoder = encoder if encoder is not None else args.build(settings)
         if self.encoder.model_id != model_id:
             raise RuntimeError(f"actor built {self.encoder.model_id!r}, the run uses {model_id!r}")
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
@@ -143,31 +121,52 @@ class EncodeActor:
         return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
 
     def _encode(self, modality: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        duration = {r["item_id"]: r["duration_s"] for r in rows}
+        prepared = [pickle.loads(r["blob"]) for r in rows]
+        row_of = {id(p.segment): r for p, r in zip(prepared, rows, strict=True)}
         started = time.perf_counter()
-        kept, vectors, rejected = encode_prepared(self.encoder, [pickle.loads(r["blob"]) for r in rows])
+        kept, vectors, rejected = encode_prepared(self.encoder, prepared)
         spent = time.perf_counter() - started
-        out = [{**row_for("segment", s.item_id, s, modality, duration[s.item_id]),
-                "vector": v.astype(np.float32).tobytes()} for s, v in zip(kept, vectors, strict=True)]
-        out += [row_for("rejected", r.item_id, r, modality, None) for r in rejected]
+        out = [self._segment_row(row_of[id(s)], s, v, modality)
+               for s, v in zip(kept, vectors, strict=True)]
+        unkept = [r for p, r in zip(prepared, rows, strict=True)
+                  if not any(p.segment is s for s in kept)]
+        for rejection in rejected:  # in input order: the first unkept row of its item
+            row = next(r for r in unkept if r["item_id"] == rejection.item_id)
+            unkept.remove(row)
+            out.append(row_for("rejected", rejection.item_id, rejection, modality, None)
+                       | {"key": row["key"], "node": row["node"]})
         out[0]["encode_s"] = spent
         return out
+
+    def _segment_row(self, row: dict[str, Any], segment: Any, vector: np.ndarray,
+                     modality: str) -> dict[str, Any]:
+        return (row_for("segment", segment.item_id, segment, modality, row["duration_s"])
+                | {"key": row["key"], "node": row["node"], "encoder_node": self.node,
+                   "vector": vector.astype(np.float32).tobytes()})
 
 
 # --- the driver ---------------------------------------------------------------------------
 
 
-def _run(ctx: RunContext, stream: Iterator[PlannedEntry], collector: Collector) -> None:
-    DataContext.get_current().enable_progress_bars = False
-    DataContext.get_current().print_on_execution_start = False
+def _run(ctx: RunContext, plan: ShardPlan, collector: Collector) -> None:
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # An encode call fails only when its actor or node does (bad inputs are rejected
+    # inside it), so every failure is worth retrying on an actor that is still there.
+    context.actor_task_retry_on_errors = True
+    job = decode_job(ctx, _use_gpus(ctx.settings))
     work, gate = _queues(ctx.settings.decode_workers * QUEUE_PER_TASK)
     lock = threading.Lock()
-    feeder = _Feeder(ctx, stream, work, gate, collector, lock)
+    admission = Admission(ctx, collector)
+    feeder = _ShardFeeder(plan.shards, work, gate)
     try:
-        _stream_results(ctx, work, gate, collector, lock)
+        _stream_results(ctx, work, gate, job, admission, lock)
         feeder.join_and_raise()
-        _retry_lost(ctx, collector, lock)
+        _retry_lost(ctx, plan, job, admission, lock)
         with lock:
+            collector.report.decode_nodes = dict(admission.decode_nodes)
+            collector.report.encode_nodes = dict(admission.encode_nodes)
             collector.close()
     finally:
         feeder.stop()
@@ -177,64 +176,92 @@ def _run(ctx: RunContext, stream: Iterator[PlannedEntry], collector: Collector) 
 
 
 def _queues(maxsize: int) -> tuple[Queue, Queue]:
-    """The work queue, and the gate the driver closes (one put) after its last job."""
-    return (Queue(maxsize=maxsize, actor_options={"num_cpus": 0}),
-            Queue(maxsize=1, actor_options={"num_cpus": 0}))
+    """The work queue, and the gate the driver closes (one put) after its last job.
+
+    Both live on the driver's node: a worker node may die, and the queues with it.
+    """
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    options = {"num_cpus": 0, "scheduling_strategy": here}
+    return Queue(maxsize=maxsize, actor_options=options), Queue(maxsize=1, actor_options=options)
 
 
-def _stream_results(ctx: RunContext, work: Queue, gate: Queue, collector: Collector,
-                    lock: threading.Lock) -> None:
-    for table in _dataset(ctx, work, gate).iter_batches(batch_size=None, batch_format="pyarrow"):
+def _stream_results(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
+                    admission: Admission, lock: threading.Lock) -> None:
+    dataset = _dataset(ctx, work, gate, job)
+    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         with lock:
-            _handle(collector, table)
-            collector.tick()
+            admission.handle(table)
+            admission.collector.tick()
 
 
-def _retry_lost(ctx: RunContext, collector: Collector, lock: threading.Lock) -> None:
-    """Decode again the items a dead worker took with it, then give up on them.
+def _retry_lost(ctx: RunContext, plan: ShardPlan, job: DecodeJob, admission: Admission,
+                lock: threading.Lock) -> None:
+    """Read again the shards a dead worker took with it, then give up on their items.
 
     Ray retries a task whose worker died, but the retry reads the queue afresh:
-    jobs the dead attempt had taken never report back. Once the stream has
-    ended, every item still unsettled is such a job (or lost an encoded block
-    with the worker); it gets ``LOST_ITEM_PASSES`` more tries, then a rejection
-    that says the next run retries it. Never a silent gap in the report.
+    shards the dead attempt had taken never report back. Once the stream has
+    ended, every shard not read to its end, or holding an item not settled, is
+    such a shard (or lost an encoded block with a worker); it gets
+    ``LOST_ITEM_PASSES`` more tries, then its items get a rejection that says
+    the next run retries them. Never a silent gap in the report.
     """
+    by_id = {s.shard_id: s for s in plan.shards}
     for _ in range(LOST_ITEM_PASSES):
-        lost = [(s.item, s.path) for s in collector.items.values() if s.path is not None]
+        lost = {i for i in by_id if i not in admission.shards_read}
+        lost |= admission.unsettled_shards()
         if not lost:
             return
         work, gate = _queues(0)
         try:
             with lock:
-                for item, path in lost:
-                    collector.restart(item.item_id)
-                    work.put((item, path))
+                admission.forget_unsettled(lost)
+                admission.shards_read -= lost
+                for shard_id in sorted(lost):
+                    work.put(by_id[shard_id])
             gate.put(True)
-            _stream_results(ctx, work, gate, collector, lock)
+            _stream_results(ctx, work, gate, job, admission, lock)
         finally:
             for queue in (work, gate):
                 ray.kill(queue.actor)
     with lock:
-        for item_id in list(collector.items):
-            collector.lost(item_id, f"lost with failed Ray workers {LOST_ITEM_PASSES + 1} times; "
-                           "the next run retries it")
+        for item_id in list(admission.collector.items):
+            admission.collector.lost(item_id, f"lost with failed Ray workers "
+                                     f"{LOST_ITEM_PASSES + 1} times; the next run retries it")
 
 
-def _dataset(ctx: RunContext, work: Queue, gate: Queue) -> ray.data.Dataset:
+def _use_gpus(settings: Settings) -> bool:
+    return ray.cluster_resources().get("GPU", 0) >= 1 and settings.device != "cpu"
+
+
+def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob) -> ray.data.Dataset:
     settings = ctx.settings
-    gpus = ray.cluster_resources().get("GPU", 0) >= 1 and settings.device != "cpu"
+    gpus = _use_gpus(settings)
     decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1),
                                        settings.decode_workers, settings.encode_actors)
-    here = ray.get_runtime_context().get_node_id()
+    # SPREAD: read tasks go to different nodes where they can, so decode and the
+    # source's bandwidth grow with the cluster instead of filling one node first. The
+    # pool says DEFAULT: with args it could merge, Ray Data would fuse the reads into
+    # the encode actors, and decode would run only where they do. (Ray 2.60 warns that
+    # such free remote args go in 2.64; it names no replacement for the strategy yet.)
     ds = ray.data.read_datasource(
-        WorkQueueDatasource(work, gate, settings.decode_workers, settings, preparer_for(ctx, gpus)),
+        WorkQueueDatasource(work, gate, settings.decode_workers, job),
         override_num_blocks=settings.decode_workers, num_cpus=decode_cpu,
-        label_selector={"ray.io/node-id": here})
+        scheduling_strategy="SPREAD")
+    # min 1: a run starts on a cluster smaller than encode_actors (say, after a node
+    # was lost) instead of waiting for actors that cannot be placed; max: the pool
+    # grows to encode_actors as resources appear.
     return ds.map_batches(
         EncodeActor, fn_constructor_args=(ctx.encoder_args, settings, ctx.model_id, ctx.encoder),
         batch_size=None, batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=settings.encode_actors),
-        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else actor_cpu)
+        compute=ActorPoolStrategy(min_size=1, max_size=settings.encode_actors),
+        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else actor_cpu,
+        scheduling_strategy="DEFAULT")
+
+
+def decode_job(ctx: RunContext, gpus: bool) -> DecodeJob:
+    """What every read task gets: settings, the preparer, the sidecar manifest's rows."""
+    rows = load_manifest(ctx.manifest) if ctx.manifest is not None else {}
+    return DecodeJob(ctx.settings, preparer_for(ctx, gpus), rows, ctx.ledger is not None)
 
 
 def preparer_for(ctx: RunContext, gpus: bool) -> Preparer:
@@ -247,36 +274,11 @@ def preparer_for(ctx: RunContext, gpus: bool) -> Preparer:
                               resolve_dtype(settings.dtype, device))
 
 
-def _handle(collector: Collector, table: pa.Table) -> None:
-    segments: list[Segment] = []
-    vectors: list[np.ndarray] = []
-    later: list[dict[str, Any]] = []
-    for row in table.to_pylist():
-        if row["encode_s"]:
-            collector.report.add_stage_time("encode", row["encode_s"])
-        if row["event"] == "segment":
-            collector.started(ItemStarted(row["item_id"], row["duration_s"]))
-            segments.append(pickle.loads(row["blob"]))
-            vectors.append(np.frombuffer(row["vector"], dtype=np.float32))
-        else:
-            later.append(row)
-    if segments:
-        collector.encoded(segments, np.stack(vectors))
-    for row in later:  # after the segments of this block: counts settle in one pass
-        record = pickle.loads(row["blob"])
-        if isinstance(record, ItemDecoded):
-            collector.decoded(record)
-        else:
-            collector.rejected(record, modality=row["modality"] or None)
+class _ShardFeeder:
+    """Puts the plan's shards into the Ray queue on a driver thread, then closes the gate."""
 
-
-class _Feeder:
-    """Planning on a driver thread: decisions go to the collector, work to the Ray queue."""
-
-    def __init__(self, ctx: RunContext, stream: Iterator[PlannedEntry], work: Queue,
-                 gate: Queue, collector: Collector, lock: threading.Lock) -> None:
-        self.ctx, self.stream, self.work, self.gate = ctx, stream, work, gate
-        self.collector, self.lock = collector, lock
+    def __init__(self, shards: list[Shard], work: Queue, gate: Queue) -> None:
+        self.shards, self.work, self.gate = shards, work, gate
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="ray-feeder")
@@ -284,32 +286,18 @@ class _Feeder:
 
     def _run(self) -> None:
         try:
-            feed(self.stream, self._put_work, self._put_event)
+            for shard in self.shards:
+                if not self._put(shard):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised by join_and_raise
+            self._error = exc
         finally:
-            self.gate.put(True)  # after the last job: decode tasks end once the queue drains
+            self.gate.put(True)  # after the last job: read tasks end once the queue drains
 
-    def _put_work(self, planned: PlannedEntry) -> bool:
-        item = planned.entry.item
-        path = str(planned.entry.path)
-        with self.lock:
-            self.collector.begin(item, planned.entry.release, path)
-        return self._put_queue((item, path))
-
-    def _put_event(self, event: Any) -> bool:
-        if isinstance(event, Failure):
-            self._error = event.error
-        elif isinstance(event, FeedDone):
-            with self.lock:
-                self.ctx.report.add_stage_time("source", event.seconds)
-        elif isinstance(event, PlannedEntry) and event.action is not Action.INGEST:
-            with self.lock:
-                self.collector.planned(event)
-        return not self._stop.is_set()
-
-    def _put_queue(self, job: Any) -> bool:
+    def _put(self, shard: Shard) -> bool:
         while not self._stop.is_set():
             try:
-                self.work.put(job, timeout=POLL_S)
+                self.work.put(shard, timeout=POLL_S)
                 return True
             except Full:
                 continue

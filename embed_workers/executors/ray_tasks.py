@@ -1,19 +1,23 @@
-"""Ray decode tasks: items from the driver's work queue → blocks of prepared model inputs.
+"""Ray decode tasks: shards from the driver's work queue → blocks of prepared model inputs.
 
-Each read task takes ``(item, path)`` jobs from a Ray queue, decodes and
-preprocesses them (``decode_events`` then ``prepare_events``), and yields
-pyarrow blocks of rows per modality (markers ride along). A task ends when
-the queue is empty and the driver has closed the gate, i.e. every job has been
-put: ending on a shared gate instead of one end marker per task means a task
-retried after its worker died cannot wait forever for a marker the dead
-attempt had taken.
+Each read task takes shards (``ingest.shards.Shard``: plain data, no bytes)
+from a Ray queue and reads them where it runs (``ingest.sources.iter_shard``:
+the members straight from the source, safety checks, spool + sha256, kind),
+decodes and preprocesses each entry (``decode_events`` then
+``prepare_events``), and yields pyarrow blocks of rows per modality; markers
+ride along. Every row of an entry carries the entry's ``key`` (shard id and
+position), because the same bytes may be found by two tasks at once and the
+driver admits only one copy of an item. A task ends when the queue is empty
+and the driver has closed the gate, i.e. every job has been put: ending on a
+shared gate instead of one end marker per task means a task retried after its
+worker died cannot wait forever for a marker the dead attempt had taken.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -31,13 +35,19 @@ from embed_workers.pipeline import (
     prepare_events,
 )
 from embed_workers.prepare import Prepared, Preparer
-from schemas import Modality, Settings, spec
+from ingest.manifest import ManifestRow
+from ingest.shards import Shard
+from schemas import MediaItem, Modality, Settings, spec
 
 POLL_S = 0.5
 MAX_BATCH_WAIT_S = 2.0
 
 ROW_SCHEMA = pa.schema([
-    ("event", pa.string()),  # segment | rejected | decoded
+    # segment | rejected | decoded | found | source (a Rejected or ContainerEnd of the
+    # shard's reading) | shard (a shard read to its end)
+    ("event", pa.string()),
+    ("key", pa.string()),  # the entry within its shard: ``<shard id>/<position>``
+    ("node", pa.string()),  # the Ray node that read and decoded it
     ("item_id", pa.string()),
     ("modality", pa.string()),  # set for segments and for dropped (embed-rejected) segments
     ("duration_s", pa.float64()),
@@ -45,49 +55,104 @@ ROW_SCHEMA = pa.schema([
     # Rejected or ItemDecoded
     ("blob", pa.binary()),
     ("vector", pa.binary()),  # float32 bytes, after encoding
+    ("encoder_node", pa.string()),  # the Ray node of the actor that encoded it
     ("encode_s", pa.float64()),
 ])
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An entry of a shard was read and hashed: its item (``duplicate``: the same bytes
+    came earlier in this task, so only the location is new)."""
+
+    item: MediaItem
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SourceNote:
+    """What reading the shard said besides its entries: a Rejected or a ContainerEnd."""
+
+    record: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRead:
+    """Every entry of the shard has been handed on (its events are in earlier rows)."""
+
+    shard_id: str
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeJob:
+    """What a read task needs besides the shards: how to read, and what to record."""
+
+    settings: Settings
+    preparer: Preparer
+    manifest: dict[str, ManifestRow]
+    record_containers: bool
+
+
 class WorkQueueDatasource(Datasource):
-    """``n`` read tasks that take items from the driver's work queue until it is drained
+    """``n`` read tasks that take shards from the driver's work queue until it is drained
     and the gate is closed."""
 
-    def __init__(self, work: Queue, gate: Queue, tasks: int, settings: Settings,
-                 preparer: Preparer) -> None:
+    def __init__(self, work: Queue, gate: Queue, tasks: int, job: DecodeJob) -> None:
         super().__init__()
-        self.work, self.gate, self.tasks = work, gate, tasks
-        self.settings, self.preparer = settings, preparer
+        self.work, self.gate, self.tasks, self.job = work, gate, tasks, job
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        work, gate, settings, preparer = self.work, self.gate, self.settings, self.preparer
+        work, gate, job = self.work, self.gate, self.job
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(lambda: decode_from_queue(work, gate, settings, preparer), meta,
-                         schema=ROW_SCHEMA)
+        return [ReadTask(lambda: decode_from_queue(work, gate, job), meta, schema=ROW_SCHEMA)
                 for _ in range(self.tasks)]
 
 
-def decode_from_queue(work: Queue, gate: Queue, settings: Settings,
-                      preparer: Preparer) -> Iterator[pa.Table]:
-    """One decode task: items from the queue → blocks of prepared inputs of one modality
-    (plus markers); decoding and preprocessing both run here."""
+def decode_from_queue(work: Queue, gate: Queue, job: DecodeJob) -> Iterator[pa.Table]:
+    """One read task: shards from the queue → blocks of prepared inputs of one modality
+    (plus markers); reading, decoding and preprocessing all run here."""
+    import ray
+
     count_tokens = count_tokens_fn()
-    blocks = _BlockBuilder()
+    blocks = _BlockBuilder(ray.get_runtime_context().get_node_id())
     while True:
-        job = _next_job(work, gate)
-        if job is None:
+        shard = _next_job(work, gate)
+        if shard is None:
             break
-        if job:
-            item, path = job
-            decoded = decode_events(item, Path(path), settings.policy, settings, count_tokens)
-            for event in prepare_events(decoded, preparer):
-                yield from blocks.add(event)
+        if shard:
+            for key, event in shard_events(shard, job, count_tokens):
+                yield from blocks.add(key, event)
         yield from blocks.due()
     yield from blocks.drain()
+
+
+def shard_events(shard: Shard, job: DecodeJob,
+                 count_tokens: Any) -> Iterator[tuple[str, Any]]:
+    """(key, event) for everything reading one shard gives, ending with ``ShardRead``."""
+    from ingest.sources import SourceEntry, iter_shard
+
+    settings, position = job.settings, 0
+    for record in iter_shard(shard, settings, job.manifest,
+                             record_containers=job.record_containers):
+        key = f"{shard.shard_id}/{position}"
+        position += 1
+        if not isinstance(record, SourceEntry):
+            yield key, SourceNote(record)
+            continue
+        with record:
+            yield key, Found(record.item, record.duplicate)
+            if record.duplicate:
+                continue
+            decoded = decode_events(record.item, record.path, settings.policy, settings,
+                                    count_tokens)
+            for event in prepare_events(decoded, job.preparer):
+                yield key, event
+    yield f"{shard.shard_id}/end", ShardRead(shard.shard_id, position)
 
 
 def _next_job(work: Queue, gate: Queue) -> tuple | None:
@@ -111,28 +176,43 @@ def _next_job(work: Queue, gate: Queue) -> tuple | None:
 class _BlockBuilder:
     """Batches segment rows per modality; markers ride along with the next block."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str) -> None:
+        self.node = node
         self.batcher: KeyedBatcher[str, dict[str, Any]] = KeyedBatcher(
             lambda m: spec(m).batch_size, MAX_BATCH_WAIT_S)
         self.markers: list[dict[str, Any]] = []
         self.duration: dict[str, float | None] = {}
 
-    def add(self, event: Any) -> Iterator[pa.Table]:
+    def add(self, key: str, event: Any) -> Iterator[pa.Table]:
         if isinstance(event, ItemStarted):
-            self.duration[event.item_id] = event.duration_s
+            self.duration[key] = event.duration_s
+            self._mark("started", key, event.item_id, event)
         elif isinstance(event, Prepared):
             segment = event.segment
-            row = row_for("segment", segment.item_id, event, Modality(segment.modality).value,
-                       self.duration.get(segment.item_id))
+            row = self._row("segment", key, segment.item_id, event,
+                            Modality(segment.modality).value, self.duration.get(key))
             yield from self._tables(self.batcher.add(row["modality"], row))
         elif isinstance(event, Unprepared):  # settles one segment of its modality
-            self.markers.append(row_for("rejected", event.rejected.item_id, event.rejected,
-                                     event.modality, None))
-        else:
-            if isinstance(event, ItemDecoded):
-                self.duration.pop(event.item_id, None)
-            self.markers.append(row_for("decoded" if isinstance(event, ItemDecoded) else "rejected",
-                                     event.item_id, event, "", None))
+            self._mark("rejected", key, event.rejected.item_id, event.rejected, event.modality)
+        elif isinstance(event, ItemDecoded):
+            self.duration.pop(key, None)
+            self._mark("decoded", key, event.item_id, event)
+        elif isinstance(event, Found):
+            self._mark("found", key, event.item.item_id, event)
+        elif isinstance(event, ShardRead):
+            self._mark("shard", key, "", event)
+        elif isinstance(event, SourceNote):
+            self._mark("source", key, "", event.record)
+        else:  # a Rejected of the decoder
+            self._mark("rejected", key, event.item_id, event)
+
+    def _mark(self, kind: str, key: str, item_id: str, record: Any, modality: str = "") -> None:
+        self.markers.append(self._row(kind, key, item_id, record, modality, None))
+
+    def _row(self, kind: str, key: str, item_id: str, record: Any, modality: str,
+             duration_s: float | None) -> dict[str, Any]:
+        return row_for(kind, item_id, record, modality, duration_s) | {"key": key,
+                                                                        "node": self.node}
 
     def due(self) -> Iterator[pa.Table]:
         yield from self._tables(self.batcher.due())
@@ -154,7 +234,8 @@ class _BlockBuilder:
 
 
 def row_for(event: str, item_id: str, record: Any, modality: str,
-         duration_s: float | None) -> dict[str, Any]:
-    return {"event": event, "item_id": item_id, "modality": modality,
-            "duration_s": duration_s, "blob": pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),
-            "vector": None, "encode_s": None}
+            duration_s: float | None) -> dict[str, Any]:
+    return {"event": event, "key": "", "node": "", "item_id": item_id, "modality": modality,
+            "duration_s": duration_s,
+            "blob": pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),
+            "vector": None, "encoder_node": None, "encode_s": None}

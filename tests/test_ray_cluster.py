@@ -1,0 +1,193 @@
+"""The Ray executor on a real multi-node cluster on this machine: a head and two workers.
+
+``ray.cluster_utils.Cluster`` starts real raylets, one per node, each with its
+own resources. The head (where this test's driver runs) has no CPU, so every
+read task and encode actor must run on a worker node; the rows they send back
+name their node. The driver lists the source and must read none of its content:
+its own read() byte counter (rchar) stays far below the source's size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pipeline_helpers import open_ready_store, settings_for
+
+from embed_workers.pipeline import run_ingest
+from schemas import FILE_LEVEL_INDEX
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+BLOB_BYTES = 1 << 20
+
+
+def rchar() -> int:
+    line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar"))
+    return int(line.split()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no CPU (the driver's node) and two worker nodes of two CPUs each."""
+    if ray.is_initialized():
+        ray.shutdown()  # another module's local Ray; this module needs its own cluster
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False})
+    workers = [made.add_node(num_cpus=2) for _ in range(2)]
+    ray.init(address=made.address, log_to_driver=False)
+    made.wait_for_nodes()
+    yield made, {w.node_id for w in workers}
+    ray.shutdown()
+    made.shutdown()
+
+
+def source_folder(root: Path) -> Path:
+    """Notes and photos to embed, and blobs of an unknown kind: read by a worker, refused."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        (root / f"note{i:02d}.txt").write_text(f"note {i}: a heron over the river\n")
+    for i in range(16):
+        (root / f"blob{i:02d}.bin").write_bytes(rng.bytes(BLOB_BYTES))
+    from PIL import Image
+
+    for i in range(4):
+        pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"photo{i}.png")
+    return root
+
+
+def warm_up(tmp_path: Path, settings) -> None:
+    folder = tmp_path / "warm"
+    folder.mkdir()
+    (folder / "a.txt").write_text("warming up\n")
+    warm = settings.model_copy(update={"home": tmp_path / "warm_home"})
+    with open_ready_store(warm) as store:
+        run_ingest(str(folder), store, settings=warm, executor="ray", ledger=store.ledger())
+
+
+def test_shards_are_read_decoded_and_encoded_on_worker_nodes_only(cluster, tmp_path):
+    made, worker_ids = cluster
+    folder = source_folder(tmp_path / "src")
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    settings = settings_for(tmp_path / "home", shard_files=4, decode_workers=2,
+                            encode_actors=2)
+    warm_up(tmp_path, settings)  # the driver's own imports and first Ray Data plan read files
+    with open_ready_store(settings) as store:
+        before = rchar()
+        report = run_ingest(str(folder), store, settings=settings, executor="ray",
+                            ledger=store.ledger())
+        driver_read = rchar() - before
+        points = store.scroll(None, limit=10_000)
+    print(f"\ndecode nodes {report.decode_nodes}, encode nodes {report.encode_nodes}; "
+          f"the driver read {driver_read} bytes through read() of a {total}-byte source")
+    assert report.shards == 8 and report.items_completed == 16
+    assert len(report.rejected_items()) == 16  # the blobs
+    assert set(report.decode_nodes) == worker_ids  # both workers read, the head none
+    assert sum(report.decode_nodes.values()) == 32
+    assert set(report.encode_nodes) <= worker_ids and report.encode_nodes
+    assert report.source_bytes_read >= 16 * BLOB_BYTES  # the workers read them
+    assert driver_read < total // 20
+    file_level = [p for p in points if p.payload["segment_index"] == FILE_LEVEL_INDEX]
+    assert len(points) == 32 and len(file_level) == 16  # every point once
+
+
+@pytest.fixture
+def doomed_cluster():
+    """A head with no CPU and two worker nodes, one of which a test will kill."""
+    if ray.is_initialized():
+        ray.shutdown()
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False})
+    workers = [made.add_node(num_cpus=2) for _ in range(2)]
+    ray.init(address=made.address, log_to_driver=False)
+    made.wait_for_nodes()
+    yield made, workers
+    ray.shutdown()
+    made.shutdown()
+
+
+def big_folder(root: Path, notes: int, photos: int) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i in range(notes):
+        (root / f"note{i:03d}.txt").write_text(f"note {i}: the tide at dawn, {i * 7} gulls\n")
+    for i in range(photos):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            root / f"photo{i:03d}.png")
+    return root
+
+
+def reading_on(node, within_s: float) -> bool:
+    """Wait until a read task runs among the node's worker processes."""
+    import time
+
+    import psutil
+
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for proc in raylet.children(recursive=True):
+            try:
+                if "ReadWorkQueue" in " ".join(proc.cmdline()):
+                    return True
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_worker_node_leaves_every_point_once_and_a_smaller_cluster_works(
+        doomed_cluster, tmp_path):
+    import threading
+
+    made, workers = doomed_cluster
+    folder = big_folder(tmp_path / "src", notes=60, photos=60)
+    settings = settings_for(tmp_path / "home", shard_files=4, decode_workers=2,
+                            encode_actors=2, upsert_batch=8)
+    seen = {"items": 0}
+
+    def progress(p) -> None:
+        seen["items"] = p.items_done
+
+    outcome: dict = {}
+    with open_ready_store(settings) as store:
+        def ingest() -> None:
+            try:
+                outcome["report"] = run_ingest(str(folder), store, settings=settings,
+                                               executor="ray", ledger=store.ledger(),
+                                               progress=progress)
+            except Exception as exc:  # the test says what is acceptable
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+        run = threading.Thread(target=ingest, daemon=True)
+        run.start()
+        assert reading_on(workers[0], within_s=300), "no read task ever ran on the node"
+        killed_at = seen["items"]
+        made.remove_node(workers[0], allow_graceful=False)  # its raylet and workers die
+        run.join(400)
+        assert not run.is_alive(), "the run did not end after the node died"
+        points = store.scroll(None, limit=10_000)
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    print(f"\nkilled a worker node at {killed_at} of 120 items; then {report.items_completed} "
+          f"items completed, rejected {[r.reason for r in report.rejected][:3]}")
+    assert killed_at < 120  # the node died mid-run
+    assert report.items_completed == 120 and report.rejected == []
+    keys = [(p.payload["item_id"], p.payload["modality"], p.payload["segment_index"])
+            for p in points]
+    assert len(keys) == len(set(keys)) == 240  # every point once, counted in the store
+
+    fresh = settings.model_copy(update={"home": tmp_path / "again"})
+    with open_ready_store(fresh) as store:  # one worker node left: the pools fit it
+        again = run_ingest(str(folder), store, settings=fresh, executor="ray",
+                           ledger=store.ledger())
+        assert again.items_completed == 120 and store.count() == 240
