@@ -99,6 +99,28 @@ def test_shards_are_read_decoded_and_encoded_on_worker_nodes_only(cluster, tmp_p
     assert len(points) == 32 and len(file_level) == 16  # every point once
 
 
+def test_the_same_bytes_in_two_shards_are_one_item_with_both_paths(cluster, tmp_path):
+    """Two read tasks may find the same bytes at once: the driver admits one copy."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (folder / name).write_text("the same note, at four paths\n")
+    (folder / "e.txt").write_text("a note of its own\n")
+    settings = settings_for(tmp_path / "home", shard_files=1, decode_workers=2)
+    with open_ready_store(settings) as store:
+        report = run_ingest(str(folder), store, settings=settings, executor="ray",
+                            ledger=store.ledger())
+        rows = store.list_items()
+        again = run_ingest(str(folder), store, settings=settings, executor="ray",
+                           ledger=store.ledger())
+    assert report.items_completed == 2 and report.items_duplicate == 3
+    [shared] = [r for r in rows if len(r["source_uri"]) > 1]
+    assert sorted(shared["source_uri"]) == [str(folder / n) for n in
+                                            ("a.txt", "b.txt", "c.txt", "d.txt")]
+    assert shared["n_points"] == 2 and sum(r["n_points"] for r in rows) == 4
+    assert again.items_unchanged == 5 and again.source_bytes_read == 0
+
+
 @pytest.fixture
 def doomed_cluster():
     """A head with no CPU and two worker nodes, one of which a test will kill."""
