@@ -1,0 +1,131 @@
+"""Throughput against the number of worker nodes, on a real local Ray cluster.
+
+For N = 1 and 2, a fresh ``ray.cluster_utils.Cluster`` gets a head with no CPU
+(the driver's node) and N worker nodes of one CPU each, every worker node
+pinned to a core of its own (``sched_setaffinity`` on its raylet, which its
+workers and their ffmpeg processes inherit). The same folder of generated
+videos (decode-bound with the tiny model) is ingested with the Ray executor
+into a fresh embedded store, then ingested again unchanged. Printed, all from
+this run:
+
+- media-s/s on 1 and 2 nodes, the ratio and the parallel efficiency;
+- the driver's CPU-seconds and bytes read through read() per media-second;
+- the unchanged rerun's wall time against the first run's.
+
+    python benchmarks/scale.py --videos 32 --seconds 6
+
+A run has a fixed cost (Ray Data start-up, actor creation) that does not shrink with
+nodes, so a small archive understates the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from embed_workers.executors import preset_model_id  # noqa: E402
+from embed_workers.pipeline import run_ingest  # noqa: E402
+from schemas import Settings  # noqa: E402
+from search.store import open_store  # noqa: E402
+
+
+def make_videos(root: Path, count: int, seconds: float) -> Path:
+    root.mkdir(parents=True)
+    for i in range(count):
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+             f"testsrc2=size=640x360:rate=25:duration={seconds}", "-f", "lavfi", "-i",
+             f"sine=frequency={300 + 40 * i}:sample_rate=16000:duration={seconds}",
+             "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac",
+             "-shortest", str(root / f"clip{i:03d}.mp4")], check=True)
+    return root
+
+
+def rchar() -> int:
+    line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar"))
+    return int(line.split()[1])
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def start_cluster(nodes: int):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
+                                                            "include_dashboard": False})
+    cores = sorted(os.sched_getaffinity(0))
+    for i in range(nodes):
+        node = cluster.add_node(num_cpus=1)
+        os.sched_setaffinity(node.all_processes["raylet"][0].process.pid, {cores[i % len(cores)]})
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def one_run(folder: Path, home: Path, nodes: int) -> dict[str, float]:
+    import ray
+
+    cluster = start_cluster(nodes)
+    settings = Settings(home=home, preset="imagebind_tiny", store="edge", device="cpu",
+                        dtype="float32", decode_workers=nodes, encode_actors=nodes,
+                        shard_files=1, optimize_after_points=0)
+    try:
+        with open_store(settings) as store:
+            store.ensure_collection(preset_model_id(settings.preset), settings.policy)
+            warm = folder.parent / "warm"
+            run_ingest(str(warm), store, settings=settings, executor="ray",
+                       ledger=store.ledger())
+            read0, cpu0, started = rchar(), cpu_seconds(), time.perf_counter()
+            report = run_ingest(str(folder), store, settings=settings, executor="ray",
+                                ledger=store.ledger())
+            wall = time.perf_counter() - started
+            read, cpu = rchar() - read0, cpu_seconds() - cpu0
+            started = time.perf_counter()
+            again = run_ingest(str(folder), store, settings=settings, executor="ray",
+                               ledger=store.ledger())
+            rerun = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert report.rejected == [] and again.items_unchanged == report.items_completed
+    media = report.media_seconds
+    return {"media_s_per_s": media / wall, "wall": wall, "media": media, "rerun": rerun,
+            "driver_cpu_per_media_s": cpu / media, "driver_bytes_per_media_s": read / media,
+            "decode_nodes": len(report.decode_nodes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_videos(Path(tmp) / "videos", args.videos, args.seconds)
+        make_videos(Path(tmp) / "warm", 1, 1.0)
+        runs = {n: one_run(folder, Path(tmp) / f"home{n}", n) for n in (1, 2)}
+    for n, r in runs.items():
+        print(f"{n} worker node(s): {r['media_s_per_s']:.2f} media-s/s ({r['media']:.0f} media-s "
+              f"in {r['wall']:.1f} s; decode on {r['decode_nodes']} node(s)); driver "
+              f"{r['driver_cpu_per_media_s'] * 1000:.1f} CPU-ms and "
+              f"{r['driver_bytes_per_media_s']:.0f} bytes read per media-s; unchanged rerun "
+              f"{r['rerun']:.2f} s ({r['rerun'] / r['wall']:.3f}x the first run)")
+    ratio = runs[2]["media_s_per_s"] / runs[1]["media_s_per_s"]
+    print(f"2 nodes / 1 node: {ratio:.2f}x (parallel efficiency {ratio / 2:.0%})")
+
+
+if __name__ == "__main__":
+    main()
