@@ -74,7 +74,7 @@ class StoreLedger:
             ids = [entry_id(e.uri) for e in chunk]
             payloads = [_payload(e) for e in chunk]
             vectors = np.ones((len(chunk), 1), np.float32)
-            self.store._retry(lambda i=ids, v=vectors, p=payloads:
+            self.store.retry(lambda i=ids, v=vectors, p=payloads:
                               self.backend.upsert(self.name, i, v, p))
 
     def entries(self, source: str) -> Iterator[LedgerEntry]:
@@ -94,7 +94,7 @@ class StoreLedger:
         unique = list(dict.fromkeys(uris))
         for start in range(0, len(unique), ID_CHUNK):
             where = any_of("source_uri", unique[start:start + ID_CHUNK])
-            self.store._retry(lambda w=where: self.backend.delete(self.name, w))
+            self.store.retry(lambda w=where: self.backend.delete(self.name, w))
 
     def count(self) -> int:
         return self.backend.count(self.name, None) if self._exists() else 0

@@ -94,7 +94,7 @@ class VectorStore:
         if not self.backend.collection_exists(new_physical):
             raise ValueError(f"no collection {new_physical!r} to point {self.alias!r} at")
         old = self.backend.get_alias(self.alias)
-        self._retry(lambda: self.backend.set_alias(self.alias, new_physical))
+        self.retry(lambda: self.backend.set_alias(self.alias, new_physical))
         return old
 
     def drop_collection(self, physical: str) -> None:
@@ -105,8 +105,8 @@ class VectorStore:
         if in_use or physical == self._target:
             users = ", ".join(in_use) or "this store's writes"
             raise ValueError(f"refusing to drop {physical!r}: it is in use by {users}")
-        self._retry(lambda: self.backend.drop_collection(physical))
-        self._retry(lambda: drop_ledger(self.backend, physical))
+        self.retry(lambda: self.backend.drop_collection(physical))
+        self.retry(lambda: drop_ledger(self.backend, physical))
         self._specs.pop(physical, None)
 
     def ledger(self) -> StoreLedger:
@@ -148,7 +148,7 @@ class VectorStore:
             ids = [r.point_id for r in records[start:end]]
             payloads = [r.payload for r in records[start:end]]
             stacked = np.stack(vectors[start:end])
-            self._retry(lambda i=ids, v=stacked, p=payloads: self.backend.upsert(name, i, v, p))
+            self.retry(lambda i=ids, v=stacked, p=payloads: self.backend.upsert(name, i, v, p))
             self._written += end - start
 
     def completed_items(self, item_ids: Iterable[str]) -> set[str]:
@@ -176,7 +176,7 @@ class VectorStore:
         known = self._known_uris(name, file_level) or self._known_uris(name, where)
         merged = list(dict.fromkeys([*known, *source_uris]))
         if known and merged != list(dict.fromkeys(known)):
-            self._retry(lambda: self.backend.set_payload(name, where, {"source_uri": merged}))
+            self.retry(lambda: self.backend.set_payload(name, where, {"source_uri": merged}))
 
     def forget_locations(self, item_id: str, source_uris: Sequence[str]) -> int:
         """These paths no longer hold the item's bytes: drop them from its points, and
@@ -191,7 +191,7 @@ class VectorStore:
         if not known or kept == known:
             return 0
         if kept:
-            self._retry(lambda: self.backend.set_payload(name, where, {"source_uri": kept}))
+            self.retry(lambda: self.backend.set_payload(name, where, {"source_uri": kept}))
             return 0
         return self._delete(name, where)
 
@@ -312,7 +312,7 @@ class VectorStore:
         for item_id, paths in uris.items():
             kept = [u for u in dict.fromkeys(paths) if not _under(u, archive_or_prefix)]
             if kept:
-                self._retry(lambda i=item_id, k=kept: self.backend.set_payload(
+                self.retry(lambda i=item_id, k=kept: self.backend.set_payload(
                     name, any_of("item_id", [i]), {"source_uri": k}))
             elif paths:
                 gone.append(item_id)
@@ -320,7 +320,7 @@ class VectorStore:
 
     def _delete(self, name: str, where: Where) -> int:
         before = self.backend.count(name, where)
-        self._retry(lambda: self.backend.delete(name, where))
+        self.retry(lambda: self.backend.delete(name, where))
         return before
 
     # --- upkeep --------------------------------------------------------------------------
@@ -341,7 +341,9 @@ class VectorStore:
         finally:
             self.backend.close()
 
-    def _retry(self, call: Callable[[], T]) -> T:
+    def retry(self, call: Callable[[], T]) -> T:
+        """Run one engine call, retrying the errors the backend calls transient (with
+        backoff); the ledger's writes beside the points use it too."""
         for attempt in range(RETRY_ATTEMPTS):
             try:
                 return call()
