@@ -32,8 +32,11 @@ from pathlib import Path
 from ingest.sources import normalise_source
 from schemas import Settings
 
-# How long a run waits for another run of the same source before giving up.
+# How long a run waits for another run of the same source before giving up: for the
+# file lock, and for the global slot (a round trip to the Prefect server each try, so
+# it keeps its own, unshortened wait).
 BUSY_WAIT_S = 10.0
+SLOT_WAIT_S = 10.0
 POLL_S = 0.2
 SLOT_PREFIX = "mediabind-source-"
 
@@ -108,7 +111,7 @@ def slot_name(source: str) -> str:
 @contextmanager
 def source_slot(source: str, wait_s: float | None = None) -> Iterator[str | None]:
     """Hold the one slot of the source's global concurrency limit (None: no server)."""
-    wait_s = BUSY_WAIT_S if wait_s is None else wait_s
+    wait_s = SLOT_WAIT_S if wait_s is None else wait_s
     if not server_configured():
         yield None
         return
