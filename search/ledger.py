@@ -11,8 +11,9 @@ for every driver and worker. Dropping a collection drops its ledger.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +31,36 @@ LEDGER_NAMESPACE = uuid.UUID("2b0c9e43-7f61-5d6e-8a1b-4c3d2e1f0a9b")  # never ch
 ID_CHUNK = 512
 PAGE = 1024
 _FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerAudit:
+    """Whether the ledger and the points agree, counted in the store itself.
+
+    ``short``: items whose ledger entry claims more (or fewer) points than the
+    store holds, as ``item → (ledger's count, store's count)``; the ledger must
+    never be ahead of the store. ``unrecorded``: items with points but no entry
+    (a run stopped between an upsert and its entry: the next run records them).
+    ``duplicates``: points that repeat another's (item, modality, segment index),
+    which a rerun must never create.
+    """
+
+    items: int  # items the ledger names with points
+    points: int  # points counted in the collection
+    short: dict[str, tuple[int, int]] = field(default_factory=dict)
+    unrecorded: list[str] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def agrees(self) -> bool:
+        return not (self.short or self.unrecorded or self.duplicates)
+
+    def describe(self) -> str:
+        if self.agrees:
+            return f"ledger and store agree: {self.items} items, {self.points} points"
+        return (f"ledger and store disagree: {len(self.short)} items with a different point "
+                f"count than recorded, {len(self.unrecorded)} stored items not in the ledger, "
+                f"{self.duplicates} duplicate points")
 
 
 def ledger_name(physical: str) -> str:
@@ -98,6 +129,37 @@ class StoreLedger:
 
     def count(self) -> int:
         return self.backend.count(self.name, None) if self._exists() else 0
+
+    def audit(self) -> LedgerAudit:
+        """Compare every item entry's point count with the points the collection holds
+        (one pass over both; for a check after a fault, not for every run)."""
+        recorded = self._recorded_points()
+        stored: Counter[str] = Counter()
+        keys: Counter[tuple[Any, ...]] = Counter()
+        for payload in self._payloads(self.physical, ["item_id", "modality", "segment_index"]):
+            stored[payload["item_id"]] += 1
+            keys[(payload["item_id"], payload["modality"], payload["segment_index"])] += 1
+        short = {i: (n, stored[i]) for i, n in recorded.items() if stored[i] != n}
+        return LedgerAudit(len(recorded), sum(stored.values()), short,
+                           sorted(set(stored) - set(recorded)),
+                           sum(n - 1 for n in keys.values() if n > 1))
+
+    def _recorded_points(self) -> dict[str, int]:
+        recorded: dict[str, int] = {}
+        if not self._exists():
+            return recorded
+        for payload in self._payloads(self.name, ["kind", "item_id", "points"]):
+            if payload["kind"] == EntryKind.ITEM.value and payload["points"]:
+                recorded[payload["item_id"]] = payload["points"]
+        return recorded
+
+    def _payloads(self, name: str, keys: Sequence[str]) -> Iterator[dict[str, Any]]:
+        offset: Any = None
+        while True:
+            page, offset = self.backend.scroll(name, None, PAGE, offset, keys)
+            yield from (p.payload for p in page)
+            if offset is None or not page:
+                return
 
     def _exists(self) -> bool:
         return self.backend.collection_exists(self.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tarfile
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from store_helpers import settings_for as store_settings
 from embed_workers.pipeline import run_ingest
 from flows.run import start_run
 from ingest import kinds
-from schemas import FILE_LEVEL_INDEX, Kind
+from schemas import Kind
 from schemas.ledger import EntryKind, LedgerEntry, Listed
 from search.ledger import ledger_name
 from search.store import open_store
@@ -207,22 +208,39 @@ def test_the_ledger_never_claims_more_than_the_store_holds(tmp_path):
         with pytest.raises(ConnectionError, match="injected"):
             run_ingest(str(folder), FailingSink(store, allowed=1), settings=settings,
                        executor="local", ledger=store.ledger())
-        check_ledger_matches_store(store, folder)
-        cut = store.ledger().count()
+        cut = store.ledger().audit()
+        assert not cut.short and not cut.duplicates, cut  # behind the store, never ahead
+        entries = store.ledger().count()
     run(folder, settings)
     with open_store(settings) as store:
-        items = check_ledger_matches_store(store, folder)
-        assert store.ledger().count() > cut and len(items) == 6
+        audit = store.ledger().audit()
+        assert audit.agrees, audit.describe()
+        assert store.ledger().count() > entries and audit.items == 6
+        assert audit.points == store.count()
 
 
-def check_ledger_matches_store(store, folder: Path) -> set[str]:
-    items = set()
-    for e in store.ledger().entries(str(folder)):
-        if e.kind is EntryKind.ITEM and e.points:
-            assert store.count({"item_id": e.item_id}) == e.points, e.uri
-            assert store.count({"item_id": e.item_id, "segment_index": FILE_LEVEL_INDEX}) >= 1
-            items.add(e.item_id)
-    return items
+def test_the_audit_sees_a_missing_point_a_duplicate_and_an_unrecorded_item(tmp_path):
+    folder = mixed_folder(tmp_path / "src", texts=3, blobs=0, blob_bytes=0)
+    settings = settings_for(tmp_path / "home")
+    run(folder, settings)
+    with open_store(settings) as store:
+        assert store.ledger().audit().agrees
+        points = store.scroll(None, limit=100)
+        first, second = sorted({p.payload["item_id"] for p in points})[:2]
+        victim = next(p for p in points if p.payload["item_id"] == first)
+        name = store.ledger().physical
+        copy = next(p for p in points if p.payload["item_id"] == second)
+        store.backend.upsert(name, [str(uuid.uuid4())], np.ones((1, 1024), np.float32) / 32,
+                             [copy.payload])  # the same segment again, under another id
+        store.delete_where({"item_id": first, "segment_index": victim.payload["segment_index"]})
+        ledger = store.ledger()
+        ledger.forget([u for e in ledger.entries(str(folder)) if e.item_id == second
+                       for u in [e.uri]])
+        audit = ledger.audit()
+    assert not audit.agrees and audit.duplicates == 1
+    assert audit.short[first][1] == audit.short[first][0] - 1
+    assert audit.unrecorded == [second]
+    assert "1 duplicate points" in audit.describe()
 
 
 def test_a_store_written_before_the_ledger_is_backfilled_once(tmp_path):
