@@ -102,3 +102,22 @@ def test_the_cli_takes_the_source_lock_and_records_the_manifest(env, tmp_path, c
     assert main(["ingest", str(env), "--preset", "imagebind_tiny", "--manifest",
                  str(manifest)]) == 0
     assert recorded_manifest(Settings(), normalise_source(str(env))) == str(manifest)
+
+
+def test_info_audit_compares_the_ledger_with_the_points_in_the_store(env, tmp_path,
+                                                                      capsys) -> None:
+    assert main(["ingest", str(env), "--preset", "imagebind_tiny", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--audit", "--json"]) == 0
+    audit = json.loads(capsys.readouterr().out)
+    assert audit["agrees"] and audit["items"] == 2 and audit["points"] == 4
+
+    from schemas import Settings
+    from search.store import open_store
+
+    with open_store(Settings()) as store:  # lose one point behind the ledger's back
+        store.delete_where({"kind": "text", "segment_index": 0})
+    assert main(["info", "--audit"]) == 1
+    out = capsys.readouterr().out
+    assert "disagree: 1 items with a different point count" in out
+    assert "the ledger records 2 points, the store holds 1" in out

@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--config-reference", action="store_true",
                         help="print every setting (Markdown), as in docs/configuration.md")
+    parser.add_argument("--audit", action="store_true",
+                        help="count every item's points in the store and compare them with "
+                        "the ledger (exit 1 when they disagree)")
     return parser
 
 
@@ -58,7 +61,29 @@ def collect(settings: Settings) -> dict:
     }
 
 
+def audit(settings: Settings, *, as_json: bool) -> int:
+    """The ledger against the store, counted in the store (``StoreLedger.audit``)."""
+    from search.store import open_store
+
+    with open_store(settings) as store:
+        found = store.ledger().audit()
+    if as_json:
+        print(json.dumps({"agrees": found.agrees, "items": found.items, "points": found.points,
+                          "short": found.short, "unrecorded": found.unrecorded,
+                          "duplicates": found.duplicates}, indent=2))
+    else:
+        print(found.describe())
+        for item_id, (recorded, stored) in list(found.short.items())[:20]:
+            print(f"  {item_id}: the ledger records {recorded} points, the store holds {stored}")
+        for item_id in found.unrecorded[:20]:
+            print(f"  {item_id}: stored, not in the ledger (the next run of its source "
+                  "records it)")
+    return 0 if found.agrees else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.audit:
+        return audit(Settings(), as_json=args.json)
     if args.config_reference:
         from schemas.settings import reference_markdown
 
