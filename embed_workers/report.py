@@ -70,6 +70,7 @@ class RunReport:
     items_skipped: int = 0
     items_duplicate: int = 0
     items_unchanged: int = 0  # listed objects (files or whole archives) the ledger settled
+    items_from_staging: int = 0  # committed from an earlier run's staged output: not read again
     source_bytes_read: int = 0  # content bytes read (hashed) from the source
     objects_listed: int = 0  # top-level objects the plan listed (files, archives)
     shards: int = 0  # shards the plan left to do
@@ -134,6 +135,7 @@ class RunReport:
             "items_seen": self.items_seen, "items_skipped": self.items_skipped,
             "items_duplicate": self.items_duplicate, "items_completed": self.items_completed,
             "items_unchanged": self.items_unchanged, "source_bytes_read": self.source_bytes_read,
+            "items_from_staging": self.items_from_staging,
             "objects_listed": self.objects_listed, "shards": self.shards,
             "manifest": self.manifest, "decode_nodes": dict(self.decode_nodes),
             "encode_nodes": dict(self.encode_nodes),
@@ -171,7 +173,8 @@ class RunReport:
             f"  items: {self.items_seen} seen, {self.items_completed} ingested, "
             f"{self.items_skipped} skipped (already stored), {self.items_duplicate} duplicate, "
             f"{len(self.rejected_items())} rejected; {self.items_unchanged} unchanged since the "
-            f"last run (not read); {self.source_bytes_read} source bytes read",
+            f"last run (not read); {self.items_from_staging} committed from an earlier run's "
+            f"staged output; {self.source_bytes_read} source bytes read",
             f"  plan: {self.objects_listed} objects listed, {self.shards} shards to do",
             f"  points: {self.points_written} written, {self.points_removed} of changed files' "
             f"old versions removed; segments {_counts(self.segments_written)}",
@@ -191,6 +194,7 @@ class RunReport:
             ("items seen", self.items_seen), ("items ingested", self.items_completed),
             ("items skipped", self.items_skipped), ("duplicates", self.items_duplicate),
             ("unchanged, not read", self.items_unchanged),
+            ("committed from staged output", self.items_from_staging),
             ("source bytes read", self.source_bytes_read),
             ("items rejected", len(self.rejected_items())), ("points written", self.points_written),
             ("media seconds", f"{self.media_seconds:.1f}"), ("wall seconds", f"{self.wall_seconds:.1f}"),

@@ -19,7 +19,6 @@ share a lock.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -29,7 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ingest.sources import normalise_source
+from ingest.sources import source_key
 from schemas import Settings
 
 # How long a run waits for another run of the same source before giving up: for the
@@ -43,10 +42,6 @@ SLOT_PREFIX = "mediabind-source-"
 
 class SourceBusyError(RuntimeError):
     """Another run holds the source; this one did not start."""
-
-
-def source_key(source: str) -> str:
-    return hashlib.sha256(normalise_source(source).encode()).hexdigest()[:16]
 
 
 def lock_path(settings: Settings, source: str) -> Path:

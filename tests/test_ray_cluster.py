@@ -17,7 +17,9 @@ import pytest
 from pipeline_helpers import open_ready_store, settings_for
 
 from embed_workers.pipeline import run_ingest
+from flows.run import start_run
 from schemas import FILE_LEVEL_INDEX
+from search.store import open_store
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -207,9 +209,99 @@ def test_a_killed_worker_node_leaves_every_point_once_and_a_smaller_cluster_work
     keys = [(p.payload["item_id"], p.payload["modality"], p.payload["segment_index"])
             for p in points]
     assert len(keys) == len(set(keys)) == 240  # every point once, counted in the store
+    with open_store(settings) as store:
+        audit = store.ledger().audit()
+    assert audit.agrees and audit.items == 120, audit.describe()
 
     fresh = settings.model_copy(update={"home": tmp_path / "again"})
     with open_ready_store(fresh) as store:  # one worker node left: the pools fit it
         again = run_ingest(str(folder), store, settings=fresh, executor="ray",
                            ledger=store.ledger())
         assert again.items_completed == 120 and store.count() == 240
+
+
+
+
+class StagedEvents:
+    """Counts the rows staged so far, per event, reading each new part once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.seen, self.events = folder, set(), []
+
+    def count(self, event: str) -> int:
+        import pyarrow.parquet as pq
+
+        for part in sorted(self.folder.rglob("*.parquet")):
+            if part not in self.seen:
+                try:
+                    self.events += pq.read_table(part, columns=["event"]).column(0).to_pylist()
+                except FileNotFoundError:  # the run ended and removed its parts
+                    continue
+                self.seen.add(part)
+        return self.events.count(event)
+
+
+def same_size_photos(root: Path, count: int) -> Path:
+    """Photos of one size each (BMP, uncompressed), so the bytes a run reads say how many
+    it read; images are encoded in small batches, so the run stages many parts."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(
+            root / f"photo{i:03d}.bmp")
+    return root
+
+
+def test_a_killed_driver_leaves_staged_work_the_rerun_commits_without_encoding(
+        cluster, tmp_path):
+    """SIGKILL the driver (the CLI, joined to the cluster) once encoded output is staged:
+    the rerun commits what was staged, reads and encodes only the rest, and ends with
+    the ledger and the store in agreement."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    made, _ = cluster
+    count = 480
+    folder = same_size_photos(tmp_path / "src", count)
+    size = (folder / "photo000.bmp").stat().st_size
+    # The driver holds every point until its run ends, so nothing it was sent is
+    # committed before it dies: what the rerun finds staged was encoded once only.
+    settings = settings_for(tmp_path / "home", shard_files=2, decode_workers=2,
+                            encode_actors=2, upsert_batch=100_000)
+    staged = tmp_path / "home" / "staging"
+    env = os.environ | {"RAY_ADDRESS": made.address, "MEDIABIND_HOME": str(settings.home),
+                        "MEDIABIND_PRESET": settings.preset, "MEDIABIND_DEVICE": "cpu",
+                        "MEDIABIND_DTYPE": "float32", "MEDIABIND_STORE": "edge",
+                        "MEDIABIND_SHARD_FILES": "2", "MEDIABIND_DECODE_WORKERS": "2",
+                        "MEDIABIND_ENCODE_ACTORS": "2", "MEDIABIND_UPSERT_BATCH": "100000"}
+    driver = subprocess.Popen([sys.executable, "-m", "flows.cli", "ingest", str(folder),
+                               "--executor", "ray"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    events = StagedEvents(staged)
+    while not (events.count("segment") >= 32 and events.count("shard") >= 8):
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the driver staged too little in 300 s"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(60)
+    left = len(list(staged.rglob("*.parquet")))
+
+    rerun = start_run(str(folder), settings, executor="ray").report
+    read = rerun.items_completed - rerun.items_from_staging
+    print(f"\ndriver killed with {left} parts staged; the rerun committed "
+          f"{rerun.items_from_staging} items from them, found {rerun.items_unchanged} in the "
+          f"ledger and {rerun.items_skipped} stored, read {read}")
+    assert rerun.rejected == [] and rerun.items_from_staging >= 1
+    assert rerun.items_from_staging + rerun.items_unchanged + rerun.items_skipped + read == count
+    assert rerun.source_bytes_read == read * size  # only what was not staged or stored
+    assert sum(rerun.encode_nodes.values()) == read  # one segment per photo: staged ones not
+    assert not list(staged.rglob("*.parquet"))  # all committed, so removed
+    with open_store(settings) as store:
+        audit = store.ledger().audit()
+        assert audit.agrees and audit.items == count, audit.describe()
+        assert store.count() == 2 * count

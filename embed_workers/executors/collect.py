@@ -113,6 +113,7 @@ class Collector:
         self.items: dict[str, ItemState] = {}
         self.duplicates: dict[str, list[str]] = defaultdict(list)
         self._rejected_ids: set[str] = set()
+        self._stored_ids: set[str] = set()  # ingested or found stored, by this run
         self._located: dict[str, list[LedgerEntry]] = defaultdict(list)  # after add_locations
         self._containers: list[ContainerEnd] = []
         self._transient: list[str] = []  # locations to retry: their archive is not done
@@ -129,7 +130,8 @@ class Collector:
             self.duplicates[item.item_id].append(item.source_uri)
             self._located[item.item_id].append(self._item_entry(item, item.source_uri))
             self.report.source_bytes_read += item.size_bytes
-            self._outcome(item, Outcome.SKIPPED)
+            if item.item_id not in self._stored_ids:  # not stored by this very run
+                self._outcome(item, Outcome.SKIPPED)
         elif p.action is Action.DUPLICATE:
             # Deferred: the first copy may still be in flight, with no points to update yet.
             item = p.entry.item
@@ -140,6 +142,8 @@ class Collector:
             self._outcome(item, Outcome.DUPLICATE)
         elif p.action is Action.UNCHANGED:
             entry = p.unchanged.entry
+            if entry.item_id and entry.item_id in self._stored_ids:
+                return  # settled earlier in this run (from staged output): counted there
             self.report.items_unchanged += 1
             self.report.add_outcome(ItemOutcome(entry.item_id, entry.uri, Outcome.UNCHANGED,
                                                 stage=entry.stage, reason=entry.reason))
@@ -287,6 +291,8 @@ class Collector:
                                             stage=str(rejected.stage), reason=rejected.reason))
 
     def _outcome(self, item: MediaItem, outcome: Outcome, state: ItemState | None = None) -> None:
+        if outcome in (Outcome.INGESTED, Outcome.SKIPPED):
+            self._stored_ids.add(item.item_id)
         first = state.rejections[0] if state and state.rejections else None
         self.report.add_outcome(ItemOutcome(
             item.item_id, item.source_uri, outcome, item.kind.value,
@@ -303,8 +309,16 @@ class Collector:
         return len(self.items)
 
     def close(self) -> None:
-        """Flush the last points, then record the duplicate locations (their items are stored
-        now), then the ledger entries of those locations and of the archives read through."""
+        """Settle what is held, then drop superseded locations; the run's last word."""
+        self.settle()
+        self._drop_superseded()
+        self.ctx.meter.tick(self.report, final=True)
+
+    def settle(self) -> None:
+        """Flush the points held, then record the duplicate locations (their items are
+        stored now), then the ledger entries of those locations and of the archives read
+        through. Also mid-run: after an earlier run's staged output is committed, so the
+        plan that follows sees it."""
         self.writer.flush()
         for item_id, uris in self.duplicates.items():
             if item_id not in self._rejected_ids:
@@ -313,8 +327,16 @@ class Collector:
                    if item_id not in self._rejected_ids for e in entries]
         self.writer.add([], located + self._container_entries())
         self.writer.flush()
-        self._drop_superseded()
-        self.ctx.meter.tick(self.report, final=True)
+        self.duplicates.clear()
+        self._located.clear()
+        self._containers.clear()
+
+    def forget(self, item_id: str) -> None:
+        """Drop an item in flight without an outcome: this run reads it again from its
+        source (what an earlier run staged of it was incomplete)."""
+        self._release(self.items.pop(item_id))
+        self.duplicates.pop(item_id, None)
+        self._located.pop(item_id, None)
 
     def _drop_superseded(self) -> None:
         """Paths that now hold other bytes leave the items that held them; an item left

@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embed_workers.executors import RunContext
 from ingest.plan import Action, PlannedEntry, plan_entries
 from ingest.shards import ShardPlan
+
+if TYPE_CHECKING:
+    from ingest.sources import SourceListing
 
 Put = Callable[[Any], bool]
 
@@ -33,17 +36,18 @@ class Failure:
     error: BaseException
 
 
-def make_plan(ctx: RunContext) -> ShardPlan:
+def make_plan(ctx: RunContext, listing: SourceListing | None = None) -> ShardPlan:
     """List the source (no content), anti-join the ledger, cut shards; user errors raise now.
 
-    The shards still to do are written to the run's manifest, and the report
-    gets the plan's counts and its time.
+    ``listing``: the source listed elsewhere (a Ray task, where the credentials
+    are); else it is listed here. The shards still to do are written to the
+    run's manifest, and the report gets the plan's counts and its time.
     """
     from ingest.shards import write_manifest
     from ingest.sources import plan_source
 
     started = time.perf_counter()
-    plan = plan_source(ctx.source, ctx.settings, ctx.ledger)
+    plan = plan_source(ctx.source, ctx.settings, ctx.ledger, listing)
     report = ctx.report
     report.objects_listed, report.shards = plan.listed, len(plan.shards)
     if ctx.ledger is not None:

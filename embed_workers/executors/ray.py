@@ -7,8 +7,13 @@
            tensors per modality, every row keyed by its entry
         ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=1, max_size=N))
            (model built once per actor; the pool grows with the cluster and runs on
-           what exists; it only stacks the tensors and runs the model)
+           what exists; it only stacks the tensors and runs the model), which stages
+           each output block (``embed_workers.staging``) before returning it
         ─► driver: admission (one copy per item, ``ray_admit``), the collector, the sink
+
+A run first commits what an earlier run staged and never committed
+(``ray_replay``: a driver that died), then plans; it removes its source's
+staged parts once everything is committed.
 
 The driver lists the source and never reads its content; the read tasks are
 not pinned to any node. Vision tensors cross the object store as float16 when
@@ -23,6 +28,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,6 +44,7 @@ from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import make_plan
 from embed_workers.executors.ray_admit import Admission
 from embed_workers.executors.ray_connect import connect
+from embed_workers.executors.ray_replay import replay_staged
 from embed_workers.executors.ray_tasks import (
     POLL_S,
     ROW_SCHEMA,
@@ -49,11 +56,13 @@ from embed_workers.model import resolve_dtype
 from embed_workers.pipeline import encode_prepared
 from embed_workers.prepare import Preparer
 from embed_workers.preprocess import PreprocessOptions
+from embed_workers.staging import Staging
 from ingest.manifest import load_manifest
 from ingest.plan import Action, PlannedEntry
-from ingest.shards import Shard, ShardPlan
-from ingest.sources import Unchanged
+from ingest.shards import ListedMember, Shard, ShardPlan
+from ingest.sources import SourceListing, Unchanged, list_source
 from schemas import Settings
+from schemas.payload import collection_name
 
 QUEUE_PER_TASK = 2
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
@@ -73,20 +82,91 @@ def cpu_shares(total_cpus: float, decode_tasks: int, actors: int) -> tuple[float
 
 def run_ray(ctx: RunContext) -> None:
     collector = Collector(ctx)
-    started = time.perf_counter()
-    plan = make_plan(ctx)
-    for entry in plan.unchanged:
-        collector.planned(PlannedEntry(Action.UNCHANGED, unchanged=Unchanged(entry)))
-    collector.report.add_stage_time("source", time.perf_counter() - started)
-    if not plan.shards:  # nothing new: a scheduled rerun does not pay for Ray's start-up
-        collector.close()
-        return
-    started_here = connect(ctx.settings)
+    staging = staging_of(ctx)
+    replay_staged(ctx, collector, staging)  # an earlier run's encoded work, before the plan
+    # A URL is listed in a task, on a node that holds the source's credentials (the
+    # driver may have none); a local source is listed here, before Ray starts, so a
+    # scheduled rerun of an unchanged folder does not pay for Ray's start-up.
+    remote = is_url(ctx.source)
+    started_here = connect(ctx.settings) if remote else False
     try:
-        _run(ctx, plan, collector)
+        started = time.perf_counter()
+        plan = make_plan(ctx, listed_in_task(ctx) if remote else None)
+        for entry in plan.unchanged:
+            collector.planned(PlannedEntry(Action.UNCHANGED, unchanged=Unchanged(entry)))
+        collector.report.add_stage_time("source", time.perf_counter() - started)
+        if plan.shards:
+            started_here = started_here or connect(ctx.settings)
+            _run(ctx, plan, collector, _actors_stage(ctx, staging))
+        else:
+            collector.close()
+        staging.clear()  # everything staged is committed now
     finally:
         if started_here:
             ray.shutdown()
+
+
+def is_url(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+LISTING_CHUNK = 10_000  # listed objects per message from the listing task
+
+
+def listed_in_task(ctx: RunContext) -> SourceListing:
+    """The source listed by a Ray task on a worker node, streamed back in chunks (names,
+    sizes, versions: no content), so the driver needs no access to the source."""
+    task = ray.remote(_list_chunks).options(num_returns="streaming",
+                                            scheduling_strategy="SPREAD")
+    chunks = task.remote(ctx.source, ctx.settings)
+    whole_source = _result(next(chunks))
+    return SourceListing(whole_source, (m for ref in chunks for m in _result(ref)))
+
+
+def _result(ref: ray.ObjectRef) -> Any:
+    """A task's result, or the error it raised as itself (a missing source is the user's
+    error, said in one line, not a Ray traceback)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from None
+        raise
+
+
+def _list_chunks(source: str, settings: Settings) -> Iterator[Any]:
+    listing = list_source(source, settings)
+    yield listing.whole_source
+    chunk: list[ListedMember] = []
+    for member in listing.members:
+        chunk.append(member)
+        if len(chunk) >= LISTING_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def staging_of(ctx: RunContext) -> Staging:
+    """This source's staging folder in this run's collection (``embed_workers.staging``)."""
+    root = ctx.settings.staging_url or str(ctx.settings.home / "staging")
+    return Staging.at(root, collection_name(ctx.model_id, ctx.settings.policy), ctx.source)
+
+
+def _actors_stage(ctx: RunContext, staging: Staging) -> Staging | None:
+    """Where the actors stage: the configured URL, or HOME when the cluster is this machine
+    (a worker's local disk would be out of the driver's reach)."""
+    if ctx.settings.staging_url or _one_machine():
+        return staging
+    ctx.report.notes.append("encoded output is not staged (set MEDIABIND_STAGING_URL to a "
+                            "URL every node reaches): if the driver dies, its uncommitted "
+                            "work is encoded again")
+    return None
+
+
+def _one_machine() -> bool:
+    here = ray.util.get_node_ip_address()
+    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n["Alive"])
 
 
 # --- encode actors ------------------------------------------------------------------------
@@ -103,11 +183,12 @@ class EncodeActor:
     """
 
     def __init__(self, args: EncoderArgs, settings: Settings, model_id: str,
-                 encoder: Any = None) -> None:
+                 encoder: Any = None, staging: Staging | None = None) -> None:
         self.encoder = encoder if encoder is not None else args.build(settings)
         if self.encoder.model_id != model_id:
             raise RuntimeError(f"actor built {self.encoder.model_id!r}, the run uses {model_id!r}")
         self.node = ray.get_runtime_context().get_node_id()
+        self.staging = staging
 
     def __call__(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
@@ -118,7 +199,10 @@ class EncodeActor:
                 by_modality.setdefault(r["modality"], []).append(r)
         for modality, group in by_modality.items():
             out += self._encode(modality, group)
-        return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+        result = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+        if self.staging is not None:  # durable before the driver sees it (``staging``)
+            self.staging.write(result)
+        return result
 
     def _encode(self, modality: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         prepared = [pickle.loads(r["blob"]) for r in rows]
@@ -134,21 +218,27 @@ class EncodeActor:
             row = next(r for r in unkept if r["item_id"] == rejection.item_id)
             unkept.remove(row)
             out.append(row_for("rejected", rejection.item_id, rejection, modality, None)
-                       | {"key": row["key"], "node": row["node"]})
+                       | _origin(row))
         out[0]["encode_s"] = spent
         return out
 
     def _segment_row(self, row: dict[str, Any], segment: Any, vector: np.ndarray,
                      modality: str) -> dict[str, Any]:
         return (row_for("segment", segment.item_id, segment, modality, row["duration_s"])
-                | {"key": row["key"], "node": row["node"], "encoder_node": self.node,
-                   "vector": vector.astype(np.float32).tobytes()})
+                | _origin(row) | {"encoder_node": self.node,
+                                  "vector": vector.astype(np.float32).tobytes()})
+
+
+def _origin(row: dict[str, Any]) -> dict[str, Any]:
+    """What an output row keeps of its input row: which entry, which reading, which node."""
+    return {"key": row["key"], "attempt": row["attempt"], "node": row["node"]}
 
 
 # --- the driver ---------------------------------------------------------------------------
 
 
-def _run(ctx: RunContext, plan: ShardPlan, collector: Collector) -> None:
+def _run(ctx: RunContext, plan: ShardPlan, collector: Collector,
+         staging: Staging | None) -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -161,9 +251,9 @@ def _run(ctx: RunContext, plan: ShardPlan, collector: Collector) -> None:
     admission = Admission(ctx, collector)
     feeder = _ShardFeeder(plan.shards, work, gate)
     try:
-        _stream_results(ctx, work, gate, job, admission, lock)
+        _stream_results(ctx, work, gate, job, staging, admission, lock)
         feeder.join_and_raise()
-        _retry_lost(ctx, plan, job, admission, lock)
+        _retry_lost(ctx, plan, job, staging, admission, lock)
         with lock:
             collector.report.decode_nodes = dict(admission.decode_nodes)
             collector.report.encode_nodes = dict(admission.encode_nodes)
@@ -186,16 +276,17 @@ def _queues(maxsize: int) -> tuple[Queue, Queue]:
 
 
 def _stream_results(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
-                    admission: Admission, lock: threading.Lock) -> None:
-    dataset = _dataset(ctx, work, gate, job)
+                    staging: Staging | None, admission: Admission,
+                    lock: threading.Lock) -> None:
+    dataset = _dataset(ctx, work, gate, job, staging)
     for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         with lock:
             admission.handle(table)
             admission.collector.tick()
 
 
-def _retry_lost(ctx: RunContext, plan: ShardPlan, job: DecodeJob, admission: Admission,
-                lock: threading.Lock) -> None:
+def _retry_lost(ctx: RunContext, plan: ShardPlan, job: DecodeJob, staging: Staging | None,
+                admission: Admission, lock: threading.Lock) -> None:
     """Read again the shards a dead worker took with it, then give up on their items.
 
     Ray retries a task whose worker died, but the retry reads the queue afresh:
@@ -219,7 +310,7 @@ def _retry_lost(ctx: RunContext, plan: ShardPlan, job: DecodeJob, admission: Adm
                 for shard_id in sorted(lost):
                     work.put(by_id[shard_id])
             gate.put(True)
-            _stream_results(ctx, work, gate, job, admission, lock)
+            _stream_results(ctx, work, gate, job, staging, admission, lock)
         finally:
             for queue in (work, gate):
                 ray.kill(queue.actor)
@@ -233,7 +324,8 @@ def _use_gpus(settings: Settings) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1 and settings.device != "cpu"
 
 
-def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob) -> ray.data.Dataset:
+def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
+             staging: Staging | None) -> ray.data.Dataset:
     settings = ctx.settings
     gpus = _use_gpus(settings)
     decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1),
@@ -251,7 +343,7 @@ def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob) -> ray.d
     # was lost) instead of waiting for actors that cannot be placed; max: the pool
     # grows to encode_actors as resources appear.
     return ds.map_batches(
-        EncodeActor, fn_constructor_args=(ctx.encoder_args, settings, ctx.model_id, ctx.encoder),
+        EncodeActor, fn_constructor_args=(ctx.encoder_args, settings, ctx.model_id, ctx.encoder, staging),
         batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=settings.encode_actors),
         num_gpus=1 if gpus else 0, num_cpus=1 if gpus else actor_cpu,

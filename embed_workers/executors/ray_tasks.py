@@ -16,6 +16,7 @@ worker died cannot wait forever for a marker the dead attempt had taken.
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ ROW_SCHEMA = pa.schema([
     # shard's reading) | shard (a shard read to its end)
     ("event", pa.string()),
     ("key", pa.string()),  # the entry within its shard: ``<shard id>/<position>``
+    ("attempt", pa.string()),  # one reading of the shard (a retry reads it again, anew)
     ("node", pa.string()),  # the Ray node that read and decoded it
     ("item_id", pa.string()),
     ("modality", pa.string()),  # set for segments and for dropped (embed-rejected) segments
@@ -125,6 +127,7 @@ def decode_from_queue(work: Queue, gate: Queue, job: DecodeJob) -> Iterator[pa.T
         if shard is None:
             break
         if shard:
+            blocks.attempt = uuid.uuid4().hex
             for key, event in shard_events(shard, job, count_tokens):
                 yield from blocks.add(key, event)
         yield from blocks.due()
@@ -178,6 +181,7 @@ class _BlockBuilder:
 
     def __init__(self, node: str) -> None:
         self.node = node
+        self.attempt = ""  # set per shard read
         self.batcher: KeyedBatcher[str, dict[str, Any]] = KeyedBatcher(
             lambda m: spec(m).batch_size, MAX_BATCH_WAIT_S)
         self.markers: list[dict[str, Any]] = []
@@ -211,8 +215,8 @@ class _BlockBuilder:
 
     def _row(self, kind: str, key: str, item_id: str, record: Any, modality: str,
              duration_s: float | None) -> dict[str, Any]:
-        return row_for(kind, item_id, record, modality, duration_s) | {"key": key,
-                                                                        "node": self.node}
+        return row_for(kind, item_id, record, modality, duration_s) | {
+            "key": key, "node": self.node, "attempt": self.attempt}
 
     def due(self) -> Iterator[pa.Table]:
         yield from self._tables(self.batcher.due())
@@ -235,7 +239,8 @@ class _BlockBuilder:
 
 def row_for(event: str, item_id: str, record: Any, modality: str,
             duration_s: float | None) -> dict[str, Any]:
-    return {"event": event, "key": "", "node": "", "item_id": item_id, "modality": modality,
+    return {"event": event, "key": "", "attempt": "", "node": "", "item_id": item_id,
+            "modality": modality,
             "duration_s": duration_s,
             "blob": pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),
             "vector": None, "encoder_node": None, "encode_s": None}

@@ -32,7 +32,9 @@ or the source.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+import hashlib
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -101,23 +103,39 @@ def _planned(plan: ShardPlan, settings: Settings, rows: dict[str, ManifestRow],
                               record_containers=record_containers)
 
 
-def plan_source(source: str | Path, settings: Settings | None = None,
-                ledger: Ledger | None = None) -> ShardPlan:
-    """List ``source`` (no content read), anti-join the ledger, cut shards (``ingest.shards``)."""
-    settings = settings or get_settings()
+@dataclass(frozen=True, slots=True)
+class SourceListing:
+    """What listing a source found, no content read: its objects, and whether the source
+    is one object (a single file or an archive: its own shard)."""
+
+    whole_source: bool
+    members: Iterable[ListedMember]
+
+
+def list_source(source: str | Path, settings: Settings) -> SourceListing:
+    """List ``source``: ``os.scandir`` for a folder, ``fs.find`` (prefixes in parallel) for
+    a URL prefix, the object's own size for a single file or an archive. Lazy for a
+    folder or prefix: the members come as the listing goes."""
     archive = normalise_source(source)
-    registry = registry_fingerprint()
     single = _single_file(archive)
     if single is not None:  # one media file: its own archive, its file name the member
-        return plan_shards(archive, [listed(folder_member(single))], settings, ledger,
-                           registry=registry, whole_source=True)
+        return SourceListing(True, [listed(folder_member(single))])
     container = listed_archive(source)
     if container is not None:  # the source archive is one shard
-        whole = ListedMember("", container.size, None, etag=container.version)
-        return plan_shards(archive, [whole], settings, ledger, registry=registry,
-                           whole_source=True)
-    listing = (listed(m) for m in open_source(source, settings.max_compression_ratio))
-    return plan_shards(archive, listing, settings, ledger, registry=registry)
+        return SourceListing(True, [ListedMember("", container.size, None,
+                                                 etag=container.version)])
+    return SourceListing(False, (listed(m) for m in open_source(source,
+                                                                settings.max_compression_ratio)))
+
+
+def plan_source(source: str | Path, settings: Settings | None = None,
+                ledger: Ledger | None = None, listing: SourceListing | None = None) -> ShardPlan:
+    """Anti-join a listing (``list_source``, unless given: a Ray run lists in a task) with
+    the ledger and cut shards (``ingest.shards``); no content is read."""
+    settings = settings or get_settings()
+    listing = listing if listing is not None else list_source(source, settings)
+    return plan_shards(normalise_source(source), listing.members, settings, ledger,
+                       registry=registry_fingerprint(), whole_source=listing.whole_source)
 
 
 def iter_shard(shard: Shard, settings: Settings, rows: dict[str, ManifestRow] | None = None, *,
@@ -202,6 +220,11 @@ def normalise_source(source: str | Path) -> str:
     if "://" in text and not text.startswith("file://"):
         return text.rstrip("/")
     return str(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+def source_key(source: str) -> str:
+    """A short fixed name for a source (its lock, its staged output, its manifest record)."""
+    return hashlib.sha256(normalise_source(source).encode()).hexdigest()[:16]
 
 
 def _one(member: RawMember) -> Generator[RawMember, None, None]:
