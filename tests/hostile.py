@@ -7,6 +7,7 @@ come first unless said otherwise, so a test can check they still come through.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -159,6 +160,22 @@ def truncated_targz(path: Path, good: Files, filler: int = 256 << 10) -> Path:
         add_tar_file(archive, "cut.bin", os.urandom(filler))
     data = full.getvalue()
     path.write_bytes(data[: len(data) - filler // 2])
+    return path
+
+
+def targz_with_damaged_header(path: Path, good: Files) -> Path:
+    """A tar.gz of ``good`` then two more members, the first of whose headers has a bad
+    checksum: tarfile alone takes that header for the end of the archive."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as archive:
+        for name, data in good.items():
+            add_tar_file(archive, name, data)
+        damaged_at = archive.offset
+        add_tar_file(archive, "after_1.txt", b"after the damage")
+        add_tar_file(archive, "after_2.txt", b"lost without a word")
+    raw = bytearray(plain.getvalue())
+    raw[damaged_at + 148] ^= 0x11  # a digit of the header's checksum field
+    path.write_bytes(gzip.compress(bytes(raw)))
     return path
 
 

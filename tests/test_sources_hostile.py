@@ -20,6 +20,7 @@ from hostile import (
     run_source,
     symlink_zip,
     targz_bomb,
+    targz_with_damaged_header,
     traversal_tar,
     traversal_zip,
     truncated_targz,
@@ -227,6 +228,16 @@ def test_oversized_member_is_rejected_and_the_next_one_read(tmp_path, settings, 
     assert set(run.by_member()) == {"a_small.txt", "c_small.txt"}
     [rejected] = run.rejected
     assert rejected.uri.endswith("b_big.txt") and "max_member_bytes=1024" in rejected.reason
+
+
+def test_a_damaged_header_mid_archive_is_a_rejection_not_the_archives_end(tmp_path,
+                                                                          settings):
+    source = targz_with_damaged_header(tmp_path / "damaged.tgz", GOOD)
+    run = run_source(source, settings)
+    assert_good_members_came_through(run)
+    assert not {"after_1.txt", "after_2.txt"} & set(run.by_member())
+    [rejected] = run.rejected
+    assert rejected.uri == str(source) and "damaged header at byte" in rejected.reason
 
 
 def test_truncated_targz_yields_what_it_could_then_a_rejection(tmp_path, settings):

@@ -157,9 +157,25 @@ def iter_tar(fileobj: BinaryIO, max_ratio: float) -> Iterator[RawMember]:
             archive.members.clear()
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile takes a damaged header after the first member (a bad checksum, a header
+    cut short) for the end of the archive, and every member after it would vanish
+    unreported. Here it is damage: the pass stops with the reason. A zero block, the
+    archive's real end marker, still ends it."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:
+            raise tarfile.SubsequentHeaderError(
+                f"damaged header at byte {tarfile_.offset} ({exc})") from exc
+
+
 def _open_tar(counted: CountingReader) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=counted, mode="r|*")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=counted, mode="r|*",  # type: ignore[call-overload]
+                            tarinfo=_StrictTarInfo)
     except READ_ERRORS as exc:
         raise ContainerStopped(f"not a readable tar archive: {exc}") from exc
 
