@@ -311,7 +311,7 @@ def raw_members(fs: Any, path: str, index: MemberIndex, start: int, end: int, *,
                          f"{len(index.entries)} entries")
     _check_unchanged(fs, path, index)
     for entry in index.entries[start:end]:
-        yield _raw_member(fs, path, entry, max_compression_ratio)
+        yield member_record(fs, path, entry, max_compression_ratio)
     if end == len(index.entries) and index.stopped_reason:
         raise ContainerStopped(index.stopped_reason)
 
@@ -324,7 +324,9 @@ def _check_unchanged(fs: Any, path: str, index: MemberIndex) -> None:
                                f"{size}, version {index.version} -> {version}); index it again")
 
 
-def _raw_member(fs: Any, path: str, entry: IndexEntry, max_ratio: float) -> RawMember:
+def member_record(fs: Any, path: str, entry: IndexEntry, max_ratio: float) -> RawMember:
+    """One indexed member as the member pipeline's record, opened by range when read."""
+
     def opener() -> BinaryIO:
         return open_member(fs, path, entry, max_compression_ratio=max_ratio)
 

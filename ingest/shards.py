@@ -4,14 +4,22 @@
     anti-join against the ledger (batches)          → unchanged ones settle here, unread
     group what is left                              → shards: the unit of work and commit
 
-A shard is either one archive listed at the top (the source archive, or an
-archive in a folder: the WebDataset convention of many tars gives one shard
-per tar) or a run of a folder's loose files, bounded by count and bytes
+A shard is either one archive listed at the top (an archive in a folder: the
+WebDataset convention of many tars gives one shard per tar; a compressed
+source archive) or a run of a folder's loose files, bounded by count and bytes
 (``Settings.shard_files`` / ``shard_bytes``). Limits on members and bytes
 (``max_members``, ``max_total_bytes``) hold per archive shard; loose files
 are bounded one by one (``max_member_bytes``), so a source of any size can be
 planned and read. A file's ``<file>.json`` sidecar is never cut from it, and
 is skipped with it when the file is unchanged.
+
+A source that is one uncompressed ``.tar`` or ``.zip`` is not read in one pass:
+its member-offset index (``ingest.member_index``: tar headers hopped, the zip
+central directory) lists its members, which are anti-joined and cut like a
+folder's files into shards read by range in parallel (``split_archive``). Each
+such shard is part ``i`` of ``n``; the archive is settled as a whole once all
+its parts were read to their end. A compressed tar cannot be entered by range
+and stays one shard.
 
 A ``Shard`` is plain data (names, sizes, times; no open files), so it can be
 written to the run's manifest and read by a process on another node; there,
@@ -22,10 +30,11 @@ spool + sha256 per member).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from schemas import Settings
 from schemas.ledger import Ledger, LedgerEntry, Listed, version_of
@@ -44,6 +53,7 @@ class ListedMember:
     mtime: float | None
     problem: str | None = None  # a link or special file, refused when read
     etag: str | None = None  # where the store gives one; else the mtime is the version
+    entry: Any = None  # a member of an indexed archive: its ``member_index.IndexEntry``
 
     @property
     def version(self) -> str | None:
@@ -59,6 +69,10 @@ class Shard:
     members: tuple[ListedMember, ...]
     archive: bool  # True: ``members`` is one archive, read whole
     whole_source: bool = False  # the source itself is this one object (file or archive)
+    # Members of the source archive read by range (``split_archive``): this shard is part
+    # ``part[0]`` of ``part[1]``, of the archive of ``identity`` (size, version) indexed.
+    part: tuple[int, int] | None = None
+    identity: tuple[int, str | None] | None = None
 
     @property
     def size(self) -> int:
@@ -73,6 +87,9 @@ class ShardPlan:
     shards: list[Shard] = field(default_factory=list)
     unchanged: list[LedgerEntry] = field(default_factory=list)
     listed: int = 0  # top-level objects in the listing
+    # The source archive, when every member of it is settled already (``split_archive``).
+    settled_archive: Listed | None = None
+    archive_members: int = 0
 
     @property
     def members(self) -> int:
@@ -81,13 +98,15 @@ class ShardPlan:
 
 def plan_shards(source: str, listing: Iterable[ListedMember], settings: Settings,
                 ledger: Ledger | None, *, registry: str = "",
-                whole_source: bool = False) -> ShardPlan:
+                whole_source: bool = False, members_of_archive: bool = False) -> ShardPlan:
     """Anti-join ``listing`` (of the normalised ``source``) with the ledger and cut shards.
 
     ``whole_source``: the listing is the source itself, one file or archive.
+    ``members_of_archive``: the listing is the source archive's index; its members
+    (nested archives included) are cut into runs like loose files.
     """
     plan = ShardPlan(source)
-    cutter = _Cutter(source, settings, plan, whole_source)
+    cutter = _Cutter(source, settings, plan, whole_source, members_of_archive)
     for batch in _batched(listing, LOOKUP_BATCH):
         plan.listed += len(batch)
         known = ledger.lookup([uri_of(source, m, whole_source) for m in batch]) if ledger else {}
@@ -134,8 +153,9 @@ class _Cutter:
     """Groups loose files into bounded shards; each archive becomes a shard of its own."""
 
     def __init__(self, source: str, settings: Settings, plan: ShardPlan,
-                 whole_source: bool) -> None:
+                 whole_source: bool, members_of_archive: bool = False) -> None:
         self.source, self.plan, self.whole_source = source, plan, whole_source
+        self.members_of_archive = members_of_archive
         self.max_files, self.max_bytes = settings.shard_files, settings.shard_bytes
         self.open: list[ListedMember] = []
         self.open_bytes = 0
@@ -145,7 +165,8 @@ class _Cutter:
         from ingest.sources.readers import archive_reader
 
         name = self.source if self.whole_source else member.name
-        if archive_reader(name) is not None and not member.problem:
+        if archive_reader(name) is not None and not member.problem \
+                and not self.members_of_archive:
             self._emit([member], archive=True)
             return
         sidecar = member.name.lower().endswith(SIDECAR_SUFFIX)
@@ -173,6 +194,33 @@ class _Cutter:
 
     def close(self) -> None:
         self._flush()
+
+
+def split_archive(plan: ShardPlan, settings: Settings, ledger: Ledger | None, *,
+                  registry: str, index: Callable[[], Any]) -> ShardPlan:
+    """A plan whose one shard is the whole source archive, with that shard replaced by
+    parts read by range: the archive's index (``index()``, a ``MemberIndex``) lists the
+    members, which are anti-joined and cut like loose files.
+
+    An index that stopped early (a damaged archive, too many members) keeps the one
+    shard, whose single pass reports why, as it always has.
+    """
+    built = index()
+    if built.stopped_reason is not None:
+        return plan
+    listing = [ListedMember(e.name, e.size, e.mtime, e.problem, entry=e)
+               for e in built.entries]
+    members = plan_shards(plan.source, listing, settings, ledger, registry=registry,
+                          members_of_archive=True)
+    identity = (built.size, built.version)
+    count = len(members.shards)
+    plan.shards = [replace(s, whole_source=True, part=(i, count), identity=identity)
+                   for i, s in enumerate(members.shards)]
+    plan.unchanged += members.unchanged
+    if not plan.shards:  # every member settled, the archive's own entry missing
+        plan.settled_archive = Listed(plan.source, built.size, built.version)
+        plan.archive_members = len(listing)
+    return plan
 
 
 def _batched(items: Iterable[ListedMember], size: int) -> Iterator[list[ListedMember]]:

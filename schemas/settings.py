@@ -65,10 +65,12 @@ class Settings(BaseSettings):
     text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
 
     # --- shards and safety limits (per member, per archive; never per source) ----
-    shard_files: int = Field(256, ge=1, description="Most loose files of a folder or prefix "
-                             "in one shard (the unit of work, retry and commit).")
-    shard_bytes: int = Field(1 << 30, ge=1, description="Most bytes of loose files in one "
-                             "shard; one larger file gets a shard of its own.")
+    shard_files: int = Field(256, ge=1, description="Most loose files of a folder or prefix, "
+                             "or members of a source .tar/.zip read by range, in one shard "
+                             "(the unit of work, retry and commit).")
+    shard_bytes: int = Field(1 << 30, ge=1, description="Most bytes of loose files (or "
+                             "archive members) in one shard; one larger file gets a shard "
+                             "of its own.")
     max_member_bytes: int = Field(8 << 30, description="Largest file accepted (bytes).")
     max_total_bytes: int = Field(2 << 40, description="Largest total read from one archive, "
                                  "nested archives included (bytes); a source has no total limit.")

@@ -154,10 +154,41 @@ def test_an_unchanged_archive_is_one_lookup_and_a_touched_one_is_read(tmp_path):
     again = run(archive, settings)
     assert again.items_unchanged == 1 and again.source_bytes_read == 0
 
-    os.utime(archive)  # same bytes, new version: read through, nothing embedded again
+    # Same bytes, new version: indexed again (headers only), and every member, unchanged
+    # by its own size and time, is settled by its entry: nothing read, nothing embedded.
+    os.utime(archive)
     touched = run(archive, settings)
-    assert touched.source_bytes_read > 0 and touched.items_completed == 0
-    assert touched.items_skipped == 6 and touched.points_written == 0
+    assert touched.source_bytes_read == 0 and touched.items_completed == 0
+    assert touched.items_unchanged == 8 and touched.points_written == 0
+    assert run(archive, settings).items_unchanged == 1  # settled as one object again
+
+
+def test_an_archive_read_in_parts_resumes_per_member_and_settles_once_every_part_did(
+        tmp_path):
+    archive = tmp_path / "notes.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(12):
+            path = tmp_path / f"note{i:02d}.txt"
+            path.write_text(f"note {i}: the ferry leaves at {i} o'clock\n")
+            tar.add(path, path.name)
+    member_bytes = sum((tmp_path / f"note{i:02d}.txt").stat().st_size for i in range(12))
+    settings = settings_for(tmp_path / "home", shard_files=4, upsert_batch=4)
+    with open_ready_store(settings) as store:
+        with pytest.raises(ConnectionError, match="injected"):
+            run_ingest(str(archive), FailingSink(store, allowed=2), settings=settings,
+                       executor="local", ledger=store.ledger())
+        assert not [e for e in store.ledger().entries(str(archive))
+                    if e.kind is EntryKind.CONTAINER]  # not every part got to its end
+    resumed = run(archive, settings)
+    assert resumed.shards < 3 and 0 < resumed.source_bytes_read < member_bytes
+    assert resumed.items_completed + resumed.items_unchanged == 12
+    with open_store(settings) as store:
+        audit = store.ledger().audit()
+        [container] = [e for e in store.ledger().entries(str(archive))
+                       if e.kind is EntryKind.CONTAINER]
+    assert audit.agrees and audit.items == 12, audit.describe()
+    again = run(archive, settings)
+    assert again.items_unchanged == 1 and again.source_bytes_read == 0 and container.points
 
 
 def test_each_archive_in_a_folder_is_settled_on_its_own(tmp_path):

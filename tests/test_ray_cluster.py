@@ -123,6 +123,44 @@ def test_the_same_bytes_in_two_shards_are_one_item_with_both_paths(cluster, tmp_
     assert again.items_unchanged == 5 and again.source_bytes_read == 0
 
 
+def test_one_large_tar_is_split_by_its_member_index_across_the_workers(cluster, tmp_path):
+    """A source that is one 1,000-member .tar: a worker indexes it (headers only), the
+    plan cuts the index into parts, and read tasks on both workers read their parts'
+    members by range; the archive is settled as one object once every part is done."""
+    import io
+    import tarfile
+
+    made, worker_ids = cluster
+    archive = tmp_path / "notes.tar"
+    payload = 0
+    with tarfile.open(archive, "w") as tar:
+        for i in range(1000):
+            data = f"note {i}: {i % 37} terns over the sandbar at {i % 24} h\n".encode()
+            info = tarfile.TarInfo(f"notes/{i:04d}.txt")
+            info.size, payload = len(data), payload + len(data)
+            tar.addfile(info, io.BytesIO(data))
+    settings = settings_for(tmp_path / "home", shard_files=125, decode_workers=2,
+                            encode_actors=2, upsert_batch=512)
+    warm_up(tmp_path, settings)
+    with open_ready_store(settings) as store:
+        before = rchar()
+        report = run_ingest(str(archive), store, settings=settings, executor="ray",
+                            ledger=store.ledger())
+        driver_read = rchar() - before
+        again = run_ingest(str(archive), store, settings=settings, executor="ray",
+                           ledger=store.ledger())
+        audit = store.ledger().audit()
+    size = archive.stat().st_size
+    print(f"\n1,000-member tar in {report.shards} parts; entries read per node "
+          f"{report.decode_nodes}; the driver read {driver_read} bytes of a {size}-byte tar")
+    assert report.shards == 8 and report.items_completed == 1000 and not report.rejected
+    assert set(report.decode_nodes) == worker_ids  # both workers read parts of the one tar
+    assert report.source_bytes_read == payload  # members by range: headers not counted
+    assert driver_read < size // 20
+    assert audit.agrees and audit.items == 1000, audit.describe()
+    assert again.items_unchanged == 1 and again.source_bytes_read == 0 and again.shards == 0
+
+
 @pytest.fixture
 def doomed_cluster():
     """A head with no CPU and two worker nodes, one of which a test will kill."""

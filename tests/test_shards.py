@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingest.shards import write_manifest
-from ingest.sources import SourceEntry, iter_shard, iter_source, plan_source
+from ingest.sources import ContainerEnd, SourceEntry, iter_shard, iter_source, plan_source
 from schemas import Settings
 
 
@@ -24,6 +24,26 @@ def files(root: Path, names: dict[str, bytes]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+def add_file(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_archive(path: Path, members: dict[str, bytes]) -> Path:
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w") as tf:
+            for name, data in members.items():
+                add_file(tf, name, data)
+    return path
 
 
 def rchar() -> int:
@@ -89,15 +109,52 @@ def test_a_file_gone_between_listing_and_reading_is_a_rejection(tmp_path, settin
     assert gone.uri == str(source / "b.txt") and "cannot read a listed file" in gone.reason
 
 
-def test_the_source_archive_is_one_shard_and_a_zip_prefix_lists_its_objects(tmp_path, settings):
-    archive = tmp_path / "a.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for i in range(5):
-            zf.writestr(f"f{i}.txt", f"file {i}")
-    [shard] = plan_source(archive, settings).shards
-    assert shard.archive and shard.whole_source
-    assert len([e for e in iter_shard(shard, settings) if isinstance(e, SourceEntry)]) == 5
+def entries_of(plan, settings) -> list[str]:
+    return [e.item.source_uri for s in plan.shards for e in iter_shard(s, settings)
+            if isinstance(e, SourceEntry)]
 
+
+@pytest.mark.parametrize("suffix", [".tar", ".zip"])
+def test_a_source_archive_is_split_into_parts_read_by_range(tmp_path, settings, suffix):
+    archive = tmp_path / f"a{suffix}"
+    write_archive(archive, {f"f{i}.txt": f"file {i}".encode() for i in range(5)})
+    plan = plan_source(archive, settings)
+    assert [(s.part, len(s.members)) for s in plan.shards] == [((0, 2), 3), ((1, 2), 2)]
+    assert all(s.whole_source and not s.archive for s in plan.shards)
+    assert entries_of(plan, settings) == [f"{archive}!/f{i}.txt" for i in range(5)]
+    ends = [e for s in plan.shards for e in iter_shard(s, settings)
+            if isinstance(e, ContainerEnd)]
+    assert [(e.part, e.members, e.complete) for e in ends] == [((0, 2), 3, True),
+                                                               ((1, 2), 2, True)]
+
+
+def test_a_compressed_or_damaged_source_archive_stays_one_shard(tmp_path, settings):
+    gz = tmp_path / "a.tar.gz"
+    with tarfile.open(gz, "w:gz") as tf:
+        for i in range(5):
+            add_file(tf, f"f{i}.txt", b"x")
+    [shard] = plan_source(gz, settings).shards
+    assert shard.archive and shard.part is None
+
+    cut = tmp_path / "cut.tar"
+    write_archive(cut, {f"f{i}.txt": bytes(2000) for i in range(5)})
+    cut.write_bytes(cut.read_bytes()[:4000])  # ends inside the second member
+    [shard] = plan_source(cut, settings).shards  # its one pass reports where it broke
+    assert shard.archive and shard.part is None
+
+
+def test_a_part_of_an_archive_changed_since_it_was_indexed_reads_nothing(tmp_path, settings):
+    archive = tmp_path / "a.tar"
+    write_archive(archive, {f"f{i}.txt": b"one" for i in range(5)})
+    plan = plan_source(archive, settings)
+    write_archive(archive, {f"f{i}.txt": b"other bytes" for i in range(5)})
+    records = list(iter_shard(plan.shards[0], settings))
+    assert not [r for r in records if isinstance(r, SourceEntry)]
+    assert any("changed since it was indexed" in getattr(r, "reason", "") for r in records)
+    assert [r.complete for r in records if isinstance(r, ContainerEnd)] == [False]
+
+
+def test_a_zip_prefix_lists_its_objects(tmp_path, settings):
     import fsspec
 
     memory = fsspec.filesystem("memory")
@@ -105,9 +162,7 @@ def test_the_source_archive_is_one_shard_and_a_zip_prefix_lists_its_objects(tmp_
         memory.pipe(f"/bucket/p/f{i}.txt", f"object {i}".encode())
     plan = plan_source("memory://bucket/p", settings)
     assert [len(s.members) for s in plan.shards] == [3, 1]
-    read = [e.item.source_uri for s in plan.shards for e in iter_shard(s, settings)
-            if isinstance(e, SourceEntry)]
-    assert read == [f"memory://bucket/p/f{i}.txt" for i in range(4)]
+    assert entries_of(plan, settings) == [f"memory://bucket/p/f{i}.txt" for i in range(4)]
 
 
 def test_the_manifest_lists_every_member_of_every_shard(tmp_path, settings):

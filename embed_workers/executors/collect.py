@@ -348,14 +348,23 @@ class Collector:
             self.report.points_removed += self.ctx.sink.forget_locations(item_id, uris)
 
     def _container_entries(self) -> list[LedgerEntry]:
-        """Archives read to their end with no member left to retry: settled as a whole."""
-        done = []
+        """Archives read to their end with no member left to retry: settled as a whole.
+        An archive read by range in parts is settled once every part ended complete."""
+        ends: dict[str, dict[tuple[int, int] | None, ContainerEnd]] = defaultdict(dict)
         for end in self._containers:
-            prefix = end.listed.uri + "!/"
-            if end.complete and not any(u.startswith(prefix) for u in self._transient):
-                done.append(LedgerEntry(end.listed.uri, self.ctx.source, end.listed.size,
-                                        end.listed.version, EntryKind.CONTAINER,
-                                        points=end.members, run_id=self.report.run_id))
+            ends[end.listed.uri][end.part] = end  # a part replayed after a retry: once
+        done = []
+        for uri, parts in ends.items():
+            first = next(iter(parts.values()))
+            wanted = {None} if first.part is None else {(i, first.part[1])
+                                                        for i in range(first.part[1])}
+            prefix = uri + "!/"
+            if set(parts) == wanted and all(e.complete for e in parts.values()) \
+                    and not any(u.startswith(prefix) for u in self._transient):
+                done.append(LedgerEntry(uri, self.ctx.source, first.listed.size,
+                                        first.listed.version, EntryKind.CONTAINER,
+                                        points=sum(e.members for e in parts.values()),
+                                        run_id=self.report.run_id))
         return done
 
     def abandon(self) -> None:

@@ -17,7 +17,7 @@ from ingest.plan import Action, PlannedEntry, plan_entries
 from ingest.shards import ShardPlan
 
 if TYPE_CHECKING:
-    from ingest.sources import SourceListing
+    from ingest.sources import IndexBuilder, SourceListing
 
 Put = Callable[[Any], bool]
 
@@ -36,18 +36,20 @@ class Failure:
     error: BaseException
 
 
-def make_plan(ctx: RunContext, listing: SourceListing | None = None) -> ShardPlan:
+def make_plan(ctx: RunContext, listing: SourceListing | None = None,
+              index_with: IndexBuilder | None = None) -> ShardPlan:
     """List the source (no content), anti-join the ledger, cut shards; user errors raise now.
 
     ``listing``: the source listed elsewhere (a Ray task, where the credentials
-    are); else it is listed here. The shards still to do are written to the
+    are); else it is listed here. ``index_with``: where a source archive's member
+    index is built (``ingest.sources.plan_source``). The shards still to do are written to the
     run's manifest, and the report gets the plan's counts and its time.
     """
     from ingest.shards import write_manifest
     from ingest.sources import plan_source
 
     started = time.perf_counter()
-    plan = plan_source(ctx.source, ctx.settings, ctx.ledger, listing)
+    plan = plan_source(ctx.source, ctx.settings, ctx.ledger, listing, index_with)
     report = ctx.report
     report.objects_listed, report.shards = plan.listed, len(plan.shards)
     if ctx.ledger is not None:

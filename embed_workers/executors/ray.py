@@ -60,7 +60,13 @@ from embed_workers.staging import Staging
 from ingest.manifest import load_manifest
 from ingest.plan import Action, PlannedEntry
 from ingest.shards import ListedMember, Shard, ShardPlan
-from ingest.sources import SourceListing, Unchanged, list_source
+from ingest.sources import (
+    SourceListing,
+    Unchanged,
+    index_archive,
+    list_source,
+    settled_archive_end,
+)
 from schemas import Settings
 from schemas.payload import collection_name
 
@@ -84,25 +90,40 @@ def run_ray(ctx: RunContext) -> None:
     collector = Collector(ctx)
     staging = staging_of(ctx)
     replay_staged(ctx, collector, staging)  # an earlier run's encoded work, before the plan
-    # A URL is listed in a task, on a node that holds the source's credentials (the
-    # driver may have none); a local source is listed here, before Ray starts, so a
-    # scheduled rerun of an unchanged folder does not pay for Ray's start-up.
-    remote = is_url(ctx.source)
-    started_here = connect(ctx.settings) if remote else False
+    ray_up = _Connection(ctx.settings)
     try:
         started = time.perf_counter()
-        plan = make_plan(ctx, listed_in_task(ctx) if remote else None)
+        plan = make_plan(ctx, listed_in_task(ctx, ray_up) if is_url(ctx.source) else None,
+                         index_with=lambda source, _: indexed_in_task(ctx, source, ray_up))
         for entry in plan.unchanged:
             collector.planned(PlannedEntry(Action.UNCHANGED, unchanged=Unchanged(entry)))
+        for end in settled_archive_end(plan):
+            collector.planned(PlannedEntry(Action.CONTAINER, container=end))
         collector.report.add_stage_time("source", time.perf_counter() - started)
         if plan.shards:
-            started_here = started_here or connect(ctx.settings)
+            ray_up.ensure()
             _run(ctx, plan, collector, _actors_stage(ctx, staging))
         else:
             collector.close()
         staging.clear()  # everything staged is committed now
     finally:
-        if started_here:
+        ray_up.close()
+
+
+class _Connection:
+    """Ray, joined or started only once a step needs it: a folder whose plan leaves nothing
+    to do is listed and settled without Ray's start-up. A URL is listed, and a source
+    archive indexed, in a task on a node that holds the source's credentials (the driver
+    may have none)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.started = settings, False
+
+    def ensure(self) -> None:
+        self.started = connect(self.settings) or self.started
+
+    def close(self) -> None:
+        if self.started:
             ray.shutdown()
 
 
@@ -113,9 +134,10 @@ def is_url(source: str) -> bool:
 LISTING_CHUNK = 10_000  # listed objects per message from the listing task
 
 
-def listed_in_task(ctx: RunContext) -> SourceListing:
+def listed_in_task(ctx: RunContext, ray_up: _Connection) -> SourceListing:
     """The source listed by a Ray task on a worker node, streamed back in chunks (names,
     sizes, versions: no content), so the driver needs no access to the source."""
+    ray_up.ensure()
     task = ray.remote(_list_chunks).options(num_returns="streaming",
                                             scheduling_strategy="SPREAD")
     chunks = task.remote(ctx.source, ctx.settings)
@@ -132,6 +154,14 @@ def _result(ref: ray.ObjectRef) -> Any:
         if isinstance(exc.cause, Exception):
             raise exc.cause from None
         raise
+
+
+def indexed_in_task(ctx: RunContext, source: str, ray_up: _Connection) -> Any:
+    """The source archive's member index, built by a task on a worker node (it reads the
+    archive's headers or directory; the driver reads none of it)."""
+    ray_up.ensure()
+    task = ray.remote(index_archive).options(scheduling_strategy="SPREAD")
+    return _result(task.remote(source, ctx.settings))
 
 
 def _list_chunks(source: str, settings: Settings) -> Iterator[Any]:

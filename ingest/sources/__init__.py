@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 from ingest.kinds import Detection, registry_fingerprint
 from ingest.manifest import ManifestRow, load_manifest, normalise_member
-from ingest.shards import ListedMember, Shard, ShardPlan, plan_shards
+from ingest.shards import ListedMember, Shard, ShardPlan, plan_shards, split_archive
 from ingest.sources.members import ContainerEnd, RawMember, SourceEntry, Unchanged
 from ingest.sources.readers import (
     Reader,
@@ -97,6 +97,7 @@ def _planned(plan: ShardPlan, settings: Settings, rows: dict[str, ManifestRow],
              spool_dir: str | Path | None, record_containers: bool,
              ) -> Iterator[SourceEntry | Rejected | Unchanged | ContainerEnd]:
     yield from (Unchanged(entry) for entry in plan.unchanged)
+    yield from settled_archive_end(plan)
     seen: dict[str, Detection] = {}  # the same bytes in two shards are one item
     for shard in plan.shards:
         yield from iter_shard(shard, settings, rows, spool_dir=spool_dir, seen=seen,
@@ -128,14 +129,60 @@ def list_source(source: str | Path, settings: Settings) -> SourceListing:
                                                                 settings.max_compression_ratio)))
 
 
+IndexBuilder = Callable[[str, Settings], Any]  # (source, settings) → member_index.MemberIndex
+
+
 def plan_source(source: str | Path, settings: Settings | None = None,
-                ledger: Ledger | None = None, listing: SourceListing | None = None) -> ShardPlan:
+                ledger: Ledger | None = None, listing: SourceListing | None = None,
+                index_with: IndexBuilder | None = None) -> ShardPlan:
     """Anti-join a listing (``list_source``, unless given: a Ray run lists in a task) with
-    the ledger and cut shards (``ingest.shards``); no content is read."""
+    the ledger and cut shards (``ingest.shards``); no content is read.
+
+    A source that is one .tar or .zip and not settled is split into parts read by range
+    (``ingest.shards.split_archive``); its index is built by ``index_with`` (a Ray run:
+    a task on a worker), else here (``index_archive``).
+    """
     settings = settings or get_settings()
     listing = listing if listing is not None else list_source(source, settings)
-    return plan_shards(normalise_source(source), listing.members, settings, ledger,
-                       registry=registry_fingerprint(), whole_source=listing.whole_source)
+    archive, registry = normalise_source(source), registry_fingerprint()
+    plan = plan_shards(archive, listing.members, settings, ledger, registry=registry,
+                       whole_source=listing.whole_source)
+    if len(plan.shards) == 1 and plan.shards[0].archive and plan.shards[0].whole_source \
+            and splittable(archive):
+        build = index_with or index_archive
+        plan = split_archive(plan, settings, ledger, registry=registry,
+                             index=lambda: build(archive, settings))
+    return plan
+
+
+def splittable(archive: str) -> bool:
+    """An archive whose members can be read by range: .tar or .zip, not compressed."""
+    from ingest.member_index import indexable
+
+    return indexable(archive)
+
+
+def index_archive(archive: str, settings: Settings) -> Any:
+    """The member-offset index of the source archive (headers and directory only)."""
+    from ingest.member_index import build_index
+
+    fs, path = _archive_fs(archive)
+    return build_index(fs, path, max_members=settings.max_members,
+                       max_compression_ratio=settings.max_compression_ratio)
+
+
+def _archive_fs(archive: str) -> tuple[Any, str]:
+    if "://" in archive:
+        return _filesystem(archive)
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem(), archive
+
+
+def settled_archive_end(plan: ShardPlan) -> Iterator[ContainerEnd]:
+    """The end of a source archive whose members are all settled, to record it as one."""
+    if plan.settled_archive is not None:
+        yield ContainerEnd(plan.settled_archive, plan.archive_members, True)
 
 
 def iter_shard(shard: Shard, settings: Settings, rows: dict[str, ManifestRow] | None = None, *,
@@ -148,23 +195,40 @@ def iter_shard(shard: Shard, settings: Settings, rows: dict[str, ManifestRow] | 
     """
     spool_path = Path(spool_dir) if spool_dir is not None else settings.home / "tmp"
     spool_path.mkdir(parents=True, exist_ok=True)
-    source_archive = shard.whole_source and shard.archive
+    # The source archive, read whole or one part of it by range: its limits hold per shard.
+    source_archive = shard.whole_source and (shard.archive or shard.part is not None)
     budget = Budget.from_settings(settings) if source_archive else Budget.unlimited()
     state = RunState(shard.source, settings, spool_path,
                      {normalise_member(k): v for k, v in (rows or {}).items()}, budget,
                      seen if seen is not None else {},
-                     single_file=shard.whole_source and not shard.archive,
+                     single_file=shard.whole_source and not source_archive,
                      record_containers=record_containers,
-                     container=listed_archive(shard.source) if source_archive else None)
+                     container=listed_archive(shard.source) if source_archive else None,
+                     part=shard.part)
     return attach_sidecars(iter_source_members(state, _shard_members(shard, settings)))
 
 
 def _shard_members(shard: Shard, settings: Settings) -> Generator[RawMember, None, None]:
+    if shard.part is not None:
+        return _ranged(shard, settings)
     if shard.whole_source and shard.archive:
         return open_source(shard.source, settings.max_compression_ratio)
     if shard.whole_source:
         return _one(folder_member(Path(shard.source)))
     return _reopened(shard)
+
+
+def _ranged(shard: Shard, settings: Settings) -> Generator[RawMember, None, None]:
+    """One part of the source archive: its members fetched by range, as the index said."""
+    from ingest.member_index import archive_identity, member_record
+
+    fs, path = _archive_fs(shard.source)
+    now = archive_identity(fs, path)
+    if now != shard.identity:  # offsets into another version would read the wrong bytes
+        raise ContainerStopped(f"archive changed since it was indexed (size, version "
+                               f"{shard.identity} -> {now}); the next run indexes it again")
+    for m in shard.members:
+        yield member_record(fs, path, m.entry, settings.max_compression_ratio)
 
 
 def listed(raw: RawMember) -> ListedMember:

@@ -96,3 +96,4 @@ class ContainerEnd:
     listed: Listed
     members: int
     complete: bool
+    part: tuple[int, int] | None = None  # one part (i, of n) of an archive read by range

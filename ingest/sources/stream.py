@@ -60,6 +60,7 @@ class RunState:
     single_file: bool = False
     record_containers: bool = False
     container: Listed | None = None  # the source itself, when it is an archive
+    part: tuple[int, int] | None = None  # the part of it this shard reads (by range)
 
     def uri(self, member: str) -> str:
         if self.single_file or not member:
@@ -78,7 +79,7 @@ def iter_source_members(state: RunState,
         return
     counted = _Counted()
     complete = yield from iter_container(state, members, prefix="", depth=0, counted=counted)
-    yield ContainerEnd(state.container, counted.n, complete)
+    yield ContainerEnd(state.container, counted.n, complete, state.part)
 
 
 @dataclass
