@@ -85,20 +85,24 @@ def test_imu_csv_with_timestamps_is_windowed_and_resampled(tmp_path, decode_sett
 def test_imu_npy_both_layouts_and_short_recording(tmp_path, decode_settings):
     n = int(DEFAULT_IMU_RATE_HZ)  # one second: shorter than a window
     rows = np.tile(np.arange(6, dtype=np.float32), (n, 1))
+    rows[:, 0] = np.linspace(0, 1, n)  # a channel that moves (a constant one is refused)
     for name, array in (("a.npy", rows), ("b.npy", rows.T)):
         np.save(tmp_path / name, array)
         (seg,) = decode(tmp_path / name, Kind.IMU, decode_settings)
         assert seg.data.shape == (6, IMU_SAMPLES)
         fifth = IMU_SAMPLES // 5  # ~1 s of a 5-s window: the rest is zero padding
-        assert np.allclose(seg.data[:, :fifth - 2], np.arange(6)[:, None])
+        assert np.allclose(seg.data[1:, :fifth - 2], np.arange(1, 6)[:, None])
+        assert np.all(np.diff(seg.data[0, :fifth - 2]) > 0)
         assert np.all(seg.data[:, fifth + 1:] == 0)
 
 
 def test_imu_parquet(tmp_path, decode_settings):
     path = tmp_path / "imu.parquet"
-    pd.DataFrame(np.ones((4000, 6)), columns=["ax", "ay", "az", "gx", "gy", "gz"]).to_parquet(path)
+    samples = np.ones((4000, 6))
+    samples[:, 3] += 1e-3 * np.sin(np.arange(4000))  # a gyroscope's noise
+    pd.DataFrame(samples, columns=["ax", "ay", "az", "gx", "gy", "gz"]).to_parquet(path)
     out = decode(path, Kind.IMU, decode_settings)
-    assert len(out) == 2 and all(np.allclose(s.data, 1) for s in out)
+    assert len(out) == 2 and all(np.allclose(s.data, 1, atol=2e-3) for s in out)
 
 
 @pytest.mark.parametrize(("content", "words"), [
@@ -117,3 +121,27 @@ def test_unknown_sensor_suffix(tmp_path, decode_settings):
     path.write_bytes(b"\0" * 10)
     (rej,) = decode(path, Kind.IMU, decode_settings)
     assert isinstance(rej, Rejected) and "supported" in rej.reason
+
+
+@pytest.mark.parametrize("name, array, kind, reason", [
+    ("d.npy", np.full((4, 4), np.nan), Kind.DEPTH, "depth map has no valid measurement"),
+    ("d.npy", np.zeros((4, 4), np.uint16), Kind.DEPTH, "depth map has no valid measurement"),
+    ("t.npy", np.full((4, 4), np.nan, np.float32), Kind.THERMAL, "no finite value"),
+    ("t.npy", np.full((4, 4), 31.5, np.float32), Kind.THERMAL, "constant (31.5"),
+    ("i.npy", np.full((800, 6), np.nan), Kind.IMU, "0 usable samples"),
+    ("i.npy", np.tile(np.array([0, 0, 9.81, 0, 0, 0]), (800, 1)), Kind.IMU,
+     "constant on every channel"),
+])
+def test_sensor_data_with_nothing_to_embed_is_rejected_with_its_reason(
+        tmp_path, decode_settings, name, array, kind, reason):
+    path = tmp_path / name
+    np.save(path, array)
+    (rejected,) = decode(path, kind, decode_settings)
+    assert isinstance(rejected, Rejected) and reason in rejected.reason
+
+
+def test_a_constant_8_bit_thermal_frame_is_rejected(tmp_path, decode_settings):
+    path = tmp_path / "t.png"
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(path)
+    (rejected,) = decode(path, Kind.THERMAL, decode_settings)
+    assert isinstance(rejected, Rejected) and "constant (255" in rejected.reason

@@ -16,7 +16,10 @@ Thermal → float32 [H,W] in [0,1]:
     greyscale first (PIL ``convert("L")``, as community loaders do).
   * 16-bit and float (radiometric counts, temperatures) have no fixed range:
     min-max stretched per image, like a camera's automatic gain; the model was
-    trained on 8-bit AGC images (LLVIP). A constant image gives zeros.
+    trained on 8-bit AGC images (LLVIP). An image with no finite value, or one
+    value everywhere (a dead or saturated sensor), is Rejected.
+Depth with no valid pixel at all is Rejected, as is an IMU recording that is
+constant on every channel (a stuck sensor).
 IMU → float32 [6,2000] per 5-s window (``IMU_WINDOW_S``, ImageBind's IMU clip; the
 policy's overlap ratio applies):
   * Channels: accelerometer x,y,z then gyroscope x,y,z (Ego4D order).
@@ -54,6 +57,9 @@ IMU_WINDOW_S = 5.0  # ImageBind's IMU clip: 2000 samples over 5 s (paper, Ego4D)
 def decode_depth(job: DecodeJob) -> Iterator[Segment]:
     metres = _read_by_suffix(DEPTH_READERS, job.path, "depth")
     disparity = depth_to_disparity(metres)
+    if not np.any(disparity > 0):  # a blank map would embed as "nothing", wrongly near
+        raise DecodeError("depth map has no valid measurement: every pixel is 0, "
+                          "negative or not finite")
     yield job.segment(Modality.DEPTH, 0, None, None, disparity,
                       width=disparity.shape[1], height=disparity.shape[0])
 
@@ -120,11 +126,23 @@ def _thermal_image(path: Path) -> np.ndarray:
     with _open_image(path) as im:
         if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
             im = im.convert("L")
-        return thermal_unit_range(np.asarray(im))
+        return thermal_unit_range(_with_contrast(np.asarray(im)))
 
 
 def _thermal_npy(path: Path) -> np.ndarray:
-    return thermal_unit_range(_plane(_load_npy(path), "thermal"))
+    return thermal_unit_range(_with_contrast(_plane(_load_npy(path), "thermal")))
+
+
+def _with_contrast(values: np.ndarray) -> np.ndarray:
+    """Refuse a frame with nothing to embed: no finite value, or one value everywhere (a
+    dead, saturated or lens-capped sensor), which would become a blank image."""
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+    if finite.size == 0:
+        raise DecodeError("thermal image has no finite value")
+    if finite.min() == finite.max():
+        raise DecodeError(f"thermal image is constant ({finite.flat[0].item()!r} everywhere): "
+                          "no contrast to embed")
+    return values
 
 
 THERMAL_READERS: dict[str, Callable[[Path], np.ndarray]] = {
@@ -170,6 +188,9 @@ def clean_imu(times: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.nd
     samples = samples[order][first]
     if len(times) < 2:
         raise DecodeError(f"IMU recording has {len(times)} usable samples; need at least 2")
+    if np.all(samples == samples[0]):
+        raise DecodeError("IMU recording is constant on every channel (a stuck or "
+                          "disconnected sensor): nothing to embed")
     return times, samples
 
 

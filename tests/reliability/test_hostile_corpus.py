@@ -104,7 +104,7 @@ def broken_media(good: dict[str, bytes], work: Path) -> dict[str, tuple[bytes, s
     """Broken files (name -> bytes, expected outcome)."""
     clip, photo, tone = good["good/clip.mp4"], good["good/photo.jpg"], good["good/tone.wav"]
     m4a = ffmpeg_bytes(work, "a.m4a", "-i", "sine=d=1")
-    imu_rows = "t,ax,ay,az,gx,gy,gz\n0,0,0,9.8,0,0,0\n1e15,0,0,9.8,0,0,0\n"
+    imu_rows = "t,ax,ay,az,gx,gy,gz\n0,0,0,9.8,0,0,0\n1e15,0,0,9.7,0,0,0\n"
     return {
         "broken/truncated.mp4": (clip[: len(clip) // 3], REJECTED),
         "broken/truncated.jpg": (photo[: len(photo) // 2], REJECTED),
