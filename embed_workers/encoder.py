@@ -77,8 +77,7 @@ class Encoder:
         self.dtype = resolve_dtype(dtype or self.settings.dtype, self.device)
         self.modalities = tuple(Modality(m) for m in (modalities or Modality))
         self.options = pp.PreprocessOptions(video_crops=self.settings.video_crops)
-        factor = CUDA_BATCH_FACTOR if self.device.type == "cuda" else 1
-        self.batch_sizes = {m: spec(m).batch_size * factor for m in Modality}
+        self.batch_sizes = view_budgets(self.device.type)
         self.batch_sizes.update({Modality(m): _positive(n) for m, n in (batch_sizes or {}).items()})
 
     @property
@@ -164,7 +163,7 @@ class Encoder:
         for row, key in enumerate(keys):
             groups.setdefault(key, []).append(row)
         for (modality, _layout), rows in groups.items():
-            views = _views_per_item(tensors[rows[0]])
+            views = views_per_input(tensors[rows[0]])
             size = max(1, self.batch_sizes[modality] // views)
             for start in range(0, len(rows), size):
                 yield rows[start : start + size]
@@ -192,7 +191,15 @@ class Encoder:
         return contextlib.nullcontext()
 
 
-def _views_per_item(tensor: torch.Tensor) -> int:
+def view_budgets(device_type: str) -> dict[Modality, int]:
+    """Model views per batch for each modality on a device: the registry's sizes (which
+    suit a CPU), times ``CUDA_BATCH_FACTOR`` on CUDA. The encoder cuts its batches by
+    these and the batchers that feed it fill them (``pipeline.KeyedBatcher``)."""
+    factor = CUDA_BATCH_FACTOR if device_type == "cuda" else 1
+    return {m: spec(m).batch_size * factor for m in Modality}
+
+
+def views_per_input(tensor: torch.Tensor) -> int:
     """Model views in one item's input: video clips carry a leading crops axis."""
     return tensor.shape[0] if tensor.ndim + 1 >= VIEWS_NDIM else 1
 

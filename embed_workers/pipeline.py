@@ -15,6 +15,7 @@ too long).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -42,6 +43,8 @@ from schemas import (
 )
 from schemas.ledger import Ledger
 from schemas.payload import build_payload
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from embed_workers.encoder import Encoder
@@ -250,17 +253,25 @@ def encode_safely(encoder: Encoder, segments: Sequence[Segment]) -> Encoded:
 
 def _encode_or_split(batch: list[T], encode: Callable[[list[T]], np.ndarray],
                      segment_of: Callable[[T], Segment]) -> Encoded:
-    """Encode a batch; if it fails, retry one by one so only the bad inputs are rejected."""
+    """Encode a batch; if it fails, retry one by one so only the bad inputs are rejected.
+
+    A failed batch is logged with its cause. A device fault (CUDA out of memory, a
+    CUDA or cuDNN error) that comes back on a single input is no bad input: the
+    device is broken or full for good, and ``EncoderFault`` stops the run instead of
+    rejecting every segment that follows.
+    """
     try:
         return [segment_of(x) for x in batch], _checked(encode(batch)), []
-    except Exception:
-        if len(batch) == 1:
-            return _encode_one(batch[0], encode, segment_of)
+    except Exception as exc:
+        first = segment_of(batch[0])
+        log.warning("a batch of %d %s inputs failed (%s); encoding them one at a time",
+                    len(batch), first.modality, _describe(exc))
+        device_fault = is_device_fault(exc)
     kept: list[Segment] = []
     vectors: list[np.ndarray] = []
     rejected: list[Rejected] = []
     for x in batch:
-        ok, vec, rej = _encode_one(x, encode, segment_of)
+        ok, vec, rej = _encode_one(x, encode, segment_of, device_fault)
         kept += ok
         vectors += list(vec)
         rejected += rej
@@ -268,11 +279,35 @@ def _encode_or_split(batch: list[T], encode: Callable[[list[T]], np.ndarray],
 
 
 def _encode_one(x: T, encode: Callable[[list[T]], np.ndarray],
-                segment_of: Callable[[T], Segment]) -> Encoded:
+                segment_of: Callable[[T], Segment], after_device_fault: bool) -> Encoded:
     try:
         return [segment_of(x)], _checked(encode([x])), []
     except Exception as exc:
+        if after_device_fault and is_device_fault(exc):
+            raise EncoderFault(
+                f"the encoder's device failed on a batch and again on one input "
+                f"({_describe(exc)}); stopping instead of rejecting every segment. Out of "
+                "memory: lower the batch sizes or free the GPU; any other CUDA error: "
+                "restart the worker (its CUDA context is lost)") from exc
         return [], np.zeros((0, 0), np.float32), [_segment_rejection(segment_of(x), exc)]
+
+
+class EncoderFault(RuntimeError):
+    """The encoder's device keeps failing: no input can be encoded until it is fixed."""
+
+
+# Words of the errors a GPU raises when it, not the input, is the problem.
+DEVICE_FAULT_WORDS = ("CUDA", "cuDNN", "CUBLAS", "cuBLAS", "device-side assert",
+                      "out of memory", "NCCL")
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """An error of the device (out of memory included), not of the input."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(w in str(exc) for w in DEVICE_FAULT_WORDS)
 
 
 def _checked(vectors: np.ndarray) -> np.ndarray:
@@ -350,21 +385,25 @@ V = TypeVar("V")
 class KeyedBatcher(Generic[K, V]):
     """Groups values per key (the modality) into batches of that key's size.
 
-    A batch leaves when full, or when its oldest value has waited
-    ``max_wait_s`` (so a rare modality does not hold its items open until the
-    end of the run), or at ``drain``.
+    Sizes count weights: a model view each (``encoder.views_per_input``: a 3-crop
+    video clip weighs 3), so a batch fills to the encoder's budget for its device.
+    A batch leaves when full, or when its oldest value has waited ``max_wait_s``
+    (so a rare modality does not hold its items open until the end of the run),
+    or at ``drain``.
     """
 
     def __init__(self, size_of: Callable[[K], int], max_wait_s: float = 2.0) -> None:
         self.size_of, self.max_wait_s = size_of, max_wait_s
         self._open: dict[K, list[V]] = {}
+        self._weight: dict[K, int] = {}
         self._since: dict[K, float] = {}
 
-    def add(self, key: K, value: V) -> list[tuple[K, list[V]]]:
+    def add(self, key: K, value: V, weight: int = 1) -> list[tuple[K, list[V]]]:
         batch = self._open.setdefault(key, [])
         self._since.setdefault(key, time.monotonic())
         batch.append(value)
-        return [self._take(key)] if len(batch) >= self.size_of(key) else []
+        self._weight[key] = self._weight.get(key, 0) + weight
+        return [self._take(key)] if self._weight[key] >= self.size_of(key) else []
 
     def due(self) -> list[tuple[K, list[V]]]:
         now = time.monotonic()
@@ -378,4 +417,5 @@ class KeyedBatcher(Generic[K, V]):
 
     def _take(self, key: K) -> tuple[K, list[V]]:
         self._since.pop(key, None)
+        self._weight.pop(key, None)
         return key, self._open.pop(key)

@@ -179,3 +179,131 @@ def test_a_file_moved_between_runs_keeps_its_points_and_gains_its_new_path(tmp_p
         assert again.points_written == 0 and store.count() == before
         item = [p for p in all_points(store).values() if p["item_id"] == sha256(moved)]
         assert item and all(str(moved) in p["source_uri"] for p in item)
+
+
+# --- a failed batch, and a device that keeps failing ---------------------------------------
+
+
+def _text_segments(n: int):
+    from schemas import Kind, Segment
+
+    return [Segment(f"item{i}", "text", Kind.TEXT, 0, None, None, f"note {i} about herons")
+            for i in range(n)]
+
+
+def _tiny_encoder(tmp_path):
+    from embed_workers.encoder import Encoder
+
+    return Encoder(settings=settings_for(tmp_path / "home"))
+
+
+def test_a_failed_batch_is_logged_with_its_cause_and_only_the_bad_input_is_rejected(
+        tmp_path, caplog) -> None:
+    from embed_workers.pipeline import encode_safely
+    from schemas import Kind, Segment
+
+    segments = _text_segments(3)
+    bad = Segment("broken", "text", Kind.TEXT, 0, None, None, np.zeros(3))  # not a text
+    with caplog.at_level("WARNING", logger="embed_workers.pipeline"):
+        kept, vectors, rejected = encode_safely(_tiny_encoder(tmp_path), [*segments, bad])
+    assert [s.item_id for s in kept] == ["item0", "item1", "item2"] and vectors.shape[0] == 3
+    assert [r.item_id for r in rejected] == ["broken"]
+    [record] = caplog.records
+    assert "a batch of 4 text inputs failed" in record.getMessage()
+
+
+@pytest.mark.parametrize("fault", [
+    "CUDA error: an illegal memory access was encountered",
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+])
+def test_a_device_fault_that_persists_stops_the_run_with_a_clear_error(
+        archive, tmp_path, fault) -> None:
+    """The GPU cannot fail here, so its error is raised where the model would raise it:
+    every batch fails, and so does every single input."""
+    import torch
+
+    from embed_workers.pipeline import EncoderFault
+
+    path, _ = archive
+    encoder = _tiny_encoder(tmp_path)
+    error = torch.cuda.OutOfMemoryError if "memory" in fault else RuntimeError
+
+    def broken_device(inputs):
+        raise error(fault)
+
+    encoder.encode_prepared = broken_device
+    settings = settings_for(tmp_path / "home")
+    with open_ready_store(settings) as store, pytest.raises(EncoderFault, match="device failed"):
+        run_ingest(str(path), store, settings=settings, executor="local", encoder=encoder,
+                   run_id="broken-gpu")
+    report = json.loads((settings.runs_path / "broken-gpu" / "report.json").read_text())
+    assert report["error"].startswith("EncoderFault: the encoder's device failed")
+    assert fault[:20] in report["error"]
+
+
+def test_out_of_memory_for_a_batch_alone_is_retried_one_input_at_a_time(tmp_path) -> None:
+    import torch
+
+    from embed_workers.pipeline import encode_prepared
+    from embed_workers.prepare import Preparer
+
+    encoder = _tiny_encoder(tmp_path)
+    real = encoder.encode_prepared
+
+    def small_memory(inputs):
+        if len(inputs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+        return real(inputs)
+
+    encoder.encode_prepared = small_memory
+    preparer = Preparer.for_model(encoder.options, encoder.dtype)
+    prepared = [preparer(s) for s in _text_segments(4)]
+    kept, vectors, rejected = encode_prepared(encoder, prepared)
+    assert len(kept) == 4 and vectors.shape == (4, 1024) and rejected == []
+
+
+# --- batches sized in model views, by the encoder's budget for its device -----------------
+
+
+def test_batches_fill_by_views_so_a_three_crop_clip_weighs_three() -> None:
+    from embed_workers.pipeline import KeyedBatcher
+
+    batcher: KeyedBatcher[str, str] = KeyedBatcher(lambda m: 6, max_wait_s=60)
+    assert batcher.add("vision", "clip0", 3) == []
+    assert batcher.add("vision", "photo", 1) == []
+    assert batcher.add("vision", "clip1", 3) == [("vision", ["clip0", "photo", "clip1"])]
+    assert batcher.add("vision", "clip2", 3) == [] and len(batcher) == 1
+
+
+def test_the_view_budget_grows_on_cuda_for_every_modality() -> None:
+    from embed_workers.encoder import CUDA_BATCH_FACTOR, view_budgets
+    from schemas import Modality, spec
+
+    cpu, cuda = view_budgets("cpu"), view_budgets("cuda")
+    for modality in Modality:
+        assert cpu[modality] == spec(modality).batch_size
+        assert cuda[modality] == CUDA_BATCH_FACTOR * cpu[modality]
+
+
+def test_the_local_executor_hands_the_encoder_batches_of_its_own_budget(tmp_path) -> None:
+    from embed_workers.encoder import Encoder
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"n{i}.txt").write_text(f"note {i}: a wren in the hedge\n")
+    settings = settings_for(tmp_path / "home", decode_workers=1)
+    encoder = Encoder(settings=settings, batch_sizes={"text": 3})
+    sizes: list[int] = []
+    real = encoder.encode_prepared
+
+    def counted(inputs):
+        sizes.append(len(inputs))
+        return real(inputs)
+
+    encoder.encode_prepared = counted
+    with open_ready_store(settings) as store:
+        report = run_ingest(str(folder), store, settings=settings, executor="local",
+                            encoder=encoder)
+    assert report.items_completed == 7 and sum(sizes) == 7
+    assert max(sizes) == 3  # the registry's CPU size for text is larger: the encoder's rules

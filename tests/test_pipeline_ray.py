@@ -92,3 +92,23 @@ def test_ray_run_cut_off_midway_resumes(ray_session, archive, tmp_path) -> None:
         assert _segments(points) == expected_segments(folder, settings)
         assert resumed.items_skipped + resumed.items_completed == len(GOOD_FILES)
         assert ray.is_initialized()  # the caller's Ray is left running
+
+
+def test_a_device_that_keeps_failing_stops_a_ray_run_instead_of_being_retried(
+        ray_session, archive, tmp_path) -> None:
+    """The GPU cannot fail here: its error is raised where the model would raise it, in
+    the encoder the actors are shipped. Ray must not retry it forever."""
+    from embed_workers.encoder import Encoder
+    from embed_workers.pipeline import EncoderFault
+
+    path, _ = archive
+    settings = settings_for(tmp_path / "home")
+    encoder = Encoder(settings=settings)
+
+    def broken_device(inputs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    encoder.encode_prepared = broken_device
+    with open_ready_store(settings) as store, pytest.raises(EncoderFault, match="device failed"):
+        run_ingest(str(path), store, settings=settings, executor="ray", encoder=encoder)
+    assert ray.is_initialized()  # the caller's Ray is left running

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from embed_workers.encoder import views_per_input
 from embed_workers.executors import RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import Failure, FeedDone, feed, planned_stream
@@ -40,7 +41,7 @@ from embed_workers.pipeline import (
 )
 from embed_workers.prepare import Prepared, Preparer
 from ingest.plan import PlannedEntry
-from schemas import MediaItem, Modality, Rejected, spec
+from schemas import MediaItem, Modality, Rejected
 
 POLL_S = 0.2
 EVENTS_PER_WORKER = 64
@@ -226,8 +227,9 @@ class _Consumer:
         self.threads = encode_threads(ctx.settings.encode_threads, encoder)
         self.pool = ThreadPoolExecutor(self.threads, "encode") if self.threads > 1 else None
         self.pending: deque[tuple[Modality, Future[Any]]] = deque()
+        # Filled to the encoder's own budget in views for its device (CUDA: larger).
         self.batcher: KeyedBatcher[Modality, Prepared] = KeyedBatcher(
-            lambda m: spec(m).batch_size, MAX_BATCH_WAIT_S)
+            lambda m: encoder.batch_sizes[m], MAX_BATCH_WAIT_S)
         self.live = 0
         self.handlers: dict[type, Callable[[Any], None]] = {
             PlannedEntry: collector.planned,
@@ -247,7 +249,8 @@ class _Consumer:
 
     def _prepared(self, prepared: Prepared) -> None:
         self.budget.give(prepared.nbytes)  # out of the queue; the batcher's own bound holds it now
-        for key, batch in self.batcher.add(Modality(prepared.segment.modality), prepared):
+        for key, batch in self.batcher.add(Modality(prepared.segment.modality), prepared,
+                                           views_per_input(prepared.tensor)):
             self.encode(key, batch)
 
     def _unprepared(self, event: Unprepared) -> None:

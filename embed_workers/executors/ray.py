@@ -39,6 +39,7 @@ from ray.data import ActorPoolStrategy, DataContext
 from ray.util.queue import Full, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from embed_workers.encoder import view_budgets
 from embed_workers.executors import EncoderArgs, RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import make_plan
@@ -53,7 +54,7 @@ from embed_workers.executors.ray_tasks import (
     row_for,
 )
 from embed_workers.model import resolve_dtype
-from embed_workers.pipeline import encode_prepared
+from embed_workers.pipeline import EncoderFault, encode_prepared
 from embed_workers.prepare import Preparer
 from embed_workers.preprocess import PreprocessOptions
 from embed_workers.staging import Staging
@@ -67,9 +68,14 @@ from ingest.sources import (
     list_source,
     settled_archive_end,
 )
-from schemas import Settings
+from schemas import Modality, Settings
 from schemas.payload import collection_name
 
+# What is retried: failures of the cluster (an actor, a worker, a node, an object lost
+# with them), never of the inputs or of a device.
+CLUSTER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+                    ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                    ray.exceptions.LocalRayletDiedError, ray.exceptions.RaySystemError)
 QUEUE_PER_TASK = 2
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
 
@@ -272,9 +278,11 @@ def _run(ctx: RunContext, plan: ShardPlan, collector: Collector,
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    # An encode call fails only when its actor or node does (bad inputs are rejected
-    # inside it), so every failure is worth retrying on an actor that is still there.
-    context.actor_task_retry_on_errors = True
+    # An encode call fails when its actor or node does (bad inputs are rejected inside
+    # it): retried on an actor that is still there. An EncoderFault (the actor's device
+    # keeps failing) is not retried: it stops the run with its own message.
+    context.actor_task_retry_on_errors = list(CLUSTER_FAILURES)
+    context.raise_original_map_exception = True  # an EncoderFault reaches the run as itself
     job = decode_job(ctx, _use_gpus(ctx.settings))
     work, gate = _queues(ctx.settings.decode_workers * QUEUE_PER_TASK)
     lock = threading.Lock()
@@ -309,10 +317,15 @@ def _stream_results(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
                     staging: Staging | None, admission: Admission,
                     lock: threading.Lock) -> None:
     dataset = _dataset(ctx, work, gate, job, staging)
-    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        with lock:
-            admission.handle(table)
-            admission.collector.tick()
+    try:
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            with lock:
+                admission.handle(table)
+                admission.collector.tick()
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, EncoderFault):  # said in its own words, not a traceback
+            raise exc.cause from None
+        raise
 
 
 def _retry_lost(ctx: RunContext, plan: ShardPlan, job: DecodeJob, staging: Staging | None,
@@ -383,7 +396,10 @@ def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
 def decode_job(ctx: RunContext, gpus: bool) -> DecodeJob:
     """What every read task gets: settings, the preparer, the sidecar manifest's rows."""
     rows = load_manifest(ctx.manifest) if ctx.manifest is not None else {}
-    return DecodeJob(ctx.settings, preparer_for(ctx, gpus), rows, ctx.ledger is not None)
+    budgets = (ctx.encoder.batch_sizes if ctx.encoder is not None
+               else view_budgets("cuda" if gpus else "cpu"))
+    return DecodeJob(ctx.settings, preparer_for(ctx, gpus), rows, ctx.ledger is not None,
+                     {Modality(m).value: n for m, n in budgets.items()})
 
 
 def preparer_for(ctx: RunContext, gpus: bool) -> Preparer:

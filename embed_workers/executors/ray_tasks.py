@@ -26,6 +26,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.util.queue import Empty, Queue
 
+from embed_workers.encoder import views_per_input
 from embed_workers.pipeline import (
     ItemDecoded,
     ItemStarted,
@@ -38,7 +39,7 @@ from embed_workers.pipeline import (
 from embed_workers.prepare import Prepared, Preparer
 from ingest.manifest import ManifestRow
 from ingest.shards import Shard
-from schemas import MediaItem, Modality, Settings, spec
+from schemas import MediaItem, Modality, Settings
 
 POLL_S = 0.5
 MAX_BATCH_WAIT_S = 2.0
@@ -94,6 +95,7 @@ class DecodeJob:
     preparer: Preparer
     manifest: dict[str, ManifestRow]
     record_containers: bool
+    batch_views: dict[str, int]  # model views per block, per modality: the encoder's budget
 
 
 class WorkQueueDatasource(Datasource):
@@ -121,7 +123,7 @@ def decode_from_queue(work: Queue, gate: Queue, job: DecodeJob) -> Iterator[pa.T
     import ray
 
     count_tokens = count_tokens_fn()
-    blocks = _BlockBuilder(ray.get_runtime_context().get_node_id())
+    blocks = _BlockBuilder(ray.get_runtime_context().get_node_id(), job.batch_views)
     while True:
         shard = _next_job(work, gate)
         if shard is None:
@@ -179,11 +181,11 @@ def _next_job(work: Queue, gate: Queue) -> tuple | None:
 class _BlockBuilder:
     """Batches segment rows per modality; markers ride along with the next block."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, batch_views: dict[str, int]) -> None:
         self.node = node
         self.attempt = ""  # set per shard read
         self.batcher: KeyedBatcher[str, dict[str, Any]] = KeyedBatcher(
-            lambda m: spec(m).batch_size, MAX_BATCH_WAIT_S)
+            lambda m: batch_views[m], MAX_BATCH_WAIT_S)
         self.markers: list[dict[str, Any]] = []
         self.duration: dict[str, float | None] = {}
 
@@ -195,7 +197,8 @@ class _BlockBuilder:
             segment = event.segment
             row = self._row("segment", key, segment.item_id, event,
                             Modality(segment.modality).value, self.duration.get(key))
-            yield from self._tables(self.batcher.add(row["modality"], row))
+            yield from self._tables(self.batcher.add(row["modality"], row,
+                                                     views_per_input(event.tensor)))
         elif isinstance(event, Unprepared):  # settles one segment of its modality
             self._mark("rejected", key, event.rejected.item_id, event.rejected, event.modality)
         elif isinstance(event, ItemDecoded):
