@@ -141,7 +141,8 @@ def test_only_the_workers_list_and_read_an_s3_source(endpoint, cluster, driver_w
     print(f"\ndriver read {driver_read} bytes through read() while workers read "
           f"{report.source_bytes_read} of the {size}-byte source")
     assert report.error is None and report.items_completed == 14, report.summary()
-    assert [r.uri.rsplit("/", 1)[-1] for r in report.rejected] == [f"b{i}.bin" for i in range(6)]
+    assert sorted(r.uri.rsplit("/", 1)[-1] for r in report.rejected) == [  # any order:
+        f"b{i}.bin" for i in range(6)]  # two workers read them
     assert report.objects_listed == 20 and report.source_bytes_read == size
     assert set(report.decode_nodes) <= workers and set(report.encode_nodes) <= workers
     assert stored == 28  # one segment and one file-level point per note and photo
