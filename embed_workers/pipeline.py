@@ -267,6 +267,8 @@ def _encode_or_split(batch: list[T], encode: Callable[[list[T]], np.ndarray],
         log.warning("a batch of %d %s inputs failed (%s); encoding them one at a time",
                     len(batch), first.modality, _describe(exc))
         device_fault = is_device_fault(exc)
+    if device_fault:
+        _free_device_cache()  # what the failed batch left cached, before the singles
     kept: list[Segment] = []
     vectors: list[np.ndarray] = []
     rejected: list[Rejected] = []
@@ -299,6 +301,13 @@ class EncoderFault(RuntimeError):
 # Words of the errors a GPU raises when it, not the input, is the problem.
 DEVICE_FAULT_WORDS = ("CUDA", "cuDNN", "CUBLAS", "cuBLAS", "device-side assert",
                       "out of memory", "NCCL")
+
+
+def _free_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def is_device_fault(exc: BaseException) -> bool:

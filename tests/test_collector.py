@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from schemas import FILE_LEVEL_INDEX, Kind, MediaItem, Modality, Rejected, Segme
 class ListSink:
     def __init__(self) -> None:
         self.records: list = []
+        self.locations: list = []
 
     def write(self, records) -> None:
         self.records.extend(records)
@@ -23,7 +26,7 @@ class ListSink:
         return set()
 
     def add_locations(self, item_id, source_uris) -> None:
-        pass
+        self.locations.append((item_id, list(source_uris)))
 
 
 @pytest.fixture
@@ -76,3 +79,26 @@ def test_a_lost_item_is_rejected_once_and_its_bytes_released(collector):
     (rejected,) = coll.report.rejected
     assert rejected.uri == "/data/b.txt" and "failed Ray workers" in rejected.reason
     assert [o.outcome for o in coll.report.outcomes] == [Outcome.REJECTED]
+
+
+def test_an_item_refused_then_read_again_in_one_run_keeps_its_second_outcome(collector):
+    """Staged output replayed first refuses an item (a lost block, a passing failure);
+    the run then reads it again and stores it: its other paths are recorded after all."""
+    from embed_workers.pipeline import ItemDecoded as Decoded
+    from ingest.plan import Action, PlannedEntry
+    from ingest.sources import SourceEntry
+
+    coll, sink = collector
+    it = item("a")
+    coll.begin(it)
+    coll.rejected(Rejected(it.item_id, "", Stage.EMBED, "lost with a worker", transient=True),
+                  modality="text")
+    coll.decoded(Decoded(it.item_id, {"text": 1}, 0.0))
+    coll.settle()
+    coll.begin(it)
+    deliver(coll, it)
+    copy = MediaItem(it.item_id, "/data", "copy.txt", 10, Kind.TEXT,
+                     locations=("/data/copy.txt",))
+    coll.planned(PlannedEntry(Action.DUPLICATE, entry=SourceEntry(copy, Path())))
+    coll.close()
+    assert sink.locations == [(it.item_id, ["/data/copy.txt"])]

@@ -188,3 +188,18 @@ def test_a_prefix_is_listed_in_parallel_and_in_the_order_of_a_plain_find(tmp_pat
     listed = [m.name for s in plan.shards for m in s.members]
     plain = sorted(p.removeprefix("/lst/p/") for p in memory.find("/lst/p"))
     assert listed == plain and len(listed) == 10
+
+
+def test_an_object_that_cannot_be_read_now_is_retried_by_the_next_run(settings):
+    """An I/O error on an object read on its own (here: gone from the store after the
+    listing) is a passing refusal, not a verdict on its bytes."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for name in ("a.txt", "b.txt"):
+        memory.pipe(f"/bucket/io/{name}", name.encode())
+    [shard] = plan_source("memory://bucket/io", settings).shards
+    memory.rm("/bucket/io/b.txt")
+    out = list(iter_shard(shard, settings))
+    [gone] = [e for e in out if not isinstance(e, SourceEntry)]
+    assert gone.uri == "memory://bucket/io/b.txt" and gone.transient

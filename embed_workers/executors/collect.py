@@ -155,6 +155,11 @@ class Collector:
               path: str | None = None) -> None:
         self.items[item.item_id] = ItemState(item, release, path)
         self.report.source_bytes_read += item.size_bytes
+        # Read again after an earlier verdict in this run (staged output replayed, then
+        # read anew): this reading's outcome is the one that counts.
+        self._rejected_ids.discard(item.item_id)
+        uris = set(item.locations or [item.source_uri])
+        self._transient = [u for u in self._transient if u not in uris]
 
     # --- ledger entries ---------------------------------------------------------------------
     def _item_entry(self, item: MediaItem, uri: str, points: int = 0) -> LedgerEntry:

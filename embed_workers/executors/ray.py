@@ -25,6 +25,7 @@ streaming backpressure keep memory and spooled disk flat.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -70,6 +71,8 @@ from ingest.sources import (
 )
 from schemas import Modality, Settings
 from schemas.payload import collection_name
+
+log = logging.getLogger(__name__)
 
 # What is retried: failures of the cluster (an actor, a worker, a node, an object lost
 # with them), never of the inputs or of a device.
@@ -237,8 +240,17 @@ class EncodeActor:
             out += self._encode(modality, group)
         result = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
         if self.staging is not None:  # durable before the driver sees it (``staging``)
-            self.staging.write(result)
+            self._stage(result)
         return result
+
+    def _stage(self, result: pa.Table) -> None:
+        """A failed write costs the crash-safety of this block, never the block itself."""
+        try:
+            self.staging.write(result)
+        except OSError as exc:
+            log.warning("could not stage an encoded block under %s (%s); it is committed "
+                        "by this run, but would be encoded again after a driver crash",
+                        self.staging.url, exc)
 
     def _encode(self, modality: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         prepared = [pickle.loads(r["blob"]) for r in rows]

@@ -8,8 +8,8 @@ the ledger and leaves only the rest to read.
 
 Which rows count: a shard may have been read more than once (Ray retried a
 task, or the driver read a lost shard again), and each reading has its own
-``attempt``. Per shard, only one reading that got to its end is replayed, so an item
-never mixes the segments of two readings. Items that reading did not finish
+``attempt``. Per shard, only one reading whose every entry was staged is
+replayed, so an item never mixes the segments of two readings. Items that reading did not finish
 (a block lost with the driver) are forgotten, and this run reads them again.
 An archive is recorded as settled only when its shard settled completely here.
 """
@@ -29,7 +29,7 @@ from embed_workers.executors.ray_admit import Admission
 from embed_workers.staging import Staging
 from ingest.sources import ContainerEnd
 
-PICK_COLUMNS = ["event", "key", "attempt"]
+PICK_COLUMNS = ["event", "key", "attempt", "blob"]
 
 
 def replay_staged(ctx: RunContext, collector: Collector, staging: Staging) -> None:
@@ -70,15 +70,29 @@ def shard_of(key: str) -> str:
 
 
 def _chosen_readings(staging: Staging, parts: list[str]) -> dict[str, str]:
-    """Per shard, the one reading (attempt) to replay: the first that got to its end."""
-    ended: dict[str, set[str]] = defaultdict(set)
+    """Per shard, the one reading (attempt) to replay: one whose every entry was staged.
+
+    A reading's end marker may be staged while a block with an entry's only rows was
+    not (the blocks of one reading pass through different actors), so "got to its
+    end" is not enough: each position up to the end's count must have its ``found``
+    or ``source`` row. A shard with no such reading is read again by this run.
+    """
+    entries: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str], set[str]] = defaultdict(set)
     for part in parts:
         table = staging.read(part, PICK_COLUMNS)
-        for event, key, attempt in zip(*(table.column(c).to_pylist() for c in PICK_COLUMNS),
-                                       strict=True):
+        for event, key, attempt, blob in zip(
+                *(table.column(c).to_pylist() for c in PICK_COLUMNS), strict=True):
+            reading = (shard_of(key), attempt)
             if event == "shard":
-                ended[shard_of(key)].add(attempt)
-    return {shard: min(attempts) for shard, attempts in ended.items()}
+                entries[reading] = pickle.loads(blob).entries
+            elif event in ("found", "source"):
+                seen[reading].add(key)
+    chosen: dict[str, str] = {}
+    for (shard, attempt), count in sorted(entries.items()):
+        if len(seen[(shard, attempt)]) == count and shard not in chosen:
+            chosen[shard] = attempt
+    return chosen
 
 
 def _rows_of(table: pa.Table, chosen: dict[str, str]) -> pa.Table:

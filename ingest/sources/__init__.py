@@ -203,7 +203,7 @@ def iter_shard(shard: Shard, settings: Settings, rows: dict[str, ManifestRow] | 
                      seen if seen is not None else {},
                      single_file=shard.whole_source and not source_archive,
                      record_containers=record_containers,
-                     container=listed_archive(shard.source) if source_archive else None,
+                     container=_container_of(shard) if source_archive else None,
                      part=shard.part)
     return attach_sidecars(iter_source_members(state, _shard_members(shard, settings)))
 
@@ -220,15 +220,30 @@ def _shard_members(shard: Shard, settings: Settings) -> Generator[RawMember, Non
 
 def _ranged(shard: Shard, settings: Settings) -> Generator[RawMember, None, None]:
     """One part of the source archive: its members fetched by range, as the index said."""
-    from ingest.member_index import archive_identity, member_record
+    from ingest.member_index import member_record
 
     fs, path = _archive_fs(shard.source)
+    _check_identity(fs, path, shard)
+    for m in shard.members:
+        yield member_record(fs, path, m.entry, settings.max_compression_ratio)
+    _check_identity(fs, path, shard)  # changed while read: this part is not complete
+
+
+def _check_identity(fs: Any, path: str, shard: Shard) -> None:
+    from ingest.member_index import archive_identity
+
     now = archive_identity(fs, path)
     if now != shard.identity:  # offsets into another version would read the wrong bytes
         raise ContainerStopped(f"archive changed since it was indexed (size, version "
                                f"{shard.identity} -> {now}); the next run indexes it again")
-    for m in shard.members:
-        yield member_record(fs, path, m.entry, settings.max_compression_ratio)
+
+
+def _container_of(shard: Shard) -> Listed | None:
+    """The source archive as the part's index saw it (so every part names one version),
+    or as it is now when it is read whole."""
+    if shard.identity is not None:
+        return Listed(shard.source, *shard.identity)
+    return listed_archive(shard.source)
 
 
 def listed(raw: RawMember) -> ListedMember:

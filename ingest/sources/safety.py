@@ -24,6 +24,11 @@ class MemberRejected(Exception):  # noqa: N818 (a verdict, not a fault)
     """This member is refused; the container goes on with the next one."""
 
 
+class MemberUnreadable(MemberRejected):
+    """This member could not be read just now (an I/O error of the filesystem or the
+    object store, not a verdict on its bytes): refused this run, retried by the next."""
+
+
 class ContainerStopped(Exception):  # noqa: N818
     """This archive cannot be read further (corrupt, or a decompression bomb)."""
 

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from ingest.kinds import HEAD_BYTES
 from ingest.sources.members import READ_ERRORS, RawMember
-from ingest.sources.safety import MemberRejected, ReadGuard
+from ingest.sources.safety import MemberRejected, MemberUnreadable, ReadGuard
 
 CHUNK = 1 << 20
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10}){1,2}$")
@@ -101,14 +101,22 @@ def _open(raw: RawMember) -> BinaryIO:
     try:
         return raw.open()
     except READ_ERRORS as exc:
-        raise raw.read_error(f"cannot open: {exc}") from exc
+        raise _read_error(raw, exc)(f"cannot open: {exc}") from exc
 
 
 def _read(stream: BinaryIO, raw: RawMember) -> bytes:
     try:
         return stream.read(CHUNK)
     except READ_ERRORS as exc:
-        raise raw.read_error(f"cannot read (truncated or corrupt): {exc}") from exc
+        raise _read_error(raw, exc)(f"cannot read (truncated or corrupt): {exc}") from exc
+
+
+def _read_error(raw: RawMember, exc: BaseException) -> type[Exception]:
+    """An I/O error on a member read on its own (a file, an object, a range) is passing:
+    the next run tries it again. Anything else is the member's, or its stream's, verdict."""
+    if isinstance(exc, OSError) and raw.read_error is MemberRejected:
+        return MemberUnreadable
+    return raw.read_error
 
 
 def _safe_suffix(member: str) -> str:

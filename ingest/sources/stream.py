@@ -27,6 +27,7 @@ from ingest.sources.safety import (
     Budget,
     ContainerStopped,
     MemberRejected,
+    MemberUnreadable,
     ReadGuard,
     safe_member_path,
 )
@@ -124,7 +125,7 @@ def handle_member(state: RunState, raw: RawMember, prefix: str, depth: int) -> I
         if guard.read == 0:  # refused before reading: a tar stream must still pass it
             drain(raw, guard)
         yield Rejected("", state.uri(member), Stage.SOURCE, str(exc), size=raw.size,
-                       mtime=raw.mtime)
+                       mtime=raw.mtime, transient=isinstance(exc, MemberUnreadable))
         return
     yield describe(state, raw, member, spooled)
 
