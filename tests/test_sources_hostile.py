@@ -240,6 +240,26 @@ def test_a_damaged_header_mid_archive_is_a_rejection_not_the_archives_end(tmp_pa
     assert rejected.uri == str(source) and "damaged header at byte" in rejected.reason
 
 
+@pytest.mark.parametrize("tail, damaged", [(bytes(100), False), (b"junk" * 25, True)])
+def test_an_archive_cut_in_its_padding_ends_clean_and_a_short_junk_block_is_damage(
+        tmp_path, settings, tail, damaged):
+    import gzip
+    import io
+
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as archive:
+        for name, data in GOOD.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        end = archive.offset  # after the last member's data, before the end marker
+    source = tmp_path / "cut.tgz"
+    source.write_bytes(gzip.compress(plain.getvalue()[:end] + tail))
+    run = run_source(source, settings)
+    assert_good_members_came_through(run)
+    assert [("damaged header" in r.reason) for r in run.rejected] == ([True] if damaged else [])
+
+
 def test_truncated_targz_yields_what_it_could_then_a_rejection(tmp_path, settings):
     source = truncated_targz(tmp_path / "cut.tgz", GOOD)
     run = run_source(source, settings)

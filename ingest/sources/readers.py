@@ -164,6 +164,14 @@ class _StrictTarInfo(tarfile.TarInfo):
     archive's real end marker, still ends it."""
 
     @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        # A run of zeros shorter than a block, where the file ends: the end-marker of an
+        # archive cut in its padding, as tarfile itself reads it; not a damaged header.
+        if 0 < len(buf) < tarfile.BLOCKSIZE and not buf.strip(b"\0"):
+            raise tarfile.EOFHeaderError("end of file header")
+        return super().frombuf(buf, encoding, errors)
+
+    @classmethod
     def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         try:
             return super().fromtarfile(tarfile_)
