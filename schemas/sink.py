@@ -2,6 +2,11 @@
 
 ``search.store`` implements it; the caller (flow or CLI) hands an instance to
 the executor, so ``embed_workers`` never imports ``search``.
+
+The Ray executor writes from its committer actor, not from the process that
+holds the sink: a sink it may use also offers ``lend()``, a context manager
+yielding a picklable zero-argument opener that opens the same sink (with
+``ledger()`` and ``close()``) in the borrowing process (``VectorStore.lend``).
 """
 
 from __future__ import annotations

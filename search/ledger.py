@@ -75,12 +75,16 @@ class StoreLedger:
     """The ledger of one physical collection (created on first use)."""
 
     def __init__(self, store: VectorStore, physical: str) -> None:
-        self.store, self.backend = store, store.backend
+        self.store = store
         self.name = ledger_name(physical)
         self.physical = physical
 
     def __repr__(self) -> str:
         return f"StoreLedger({self.name!r})"
+
+    @property
+    def backend(self) -> Backend:
+        return self.store.backend  # the store's engine now (a lent store reopens its own)
 
     def lookup(self, uris: Sequence[str]) -> dict[str, LedgerEntry]:
         if not self._exists():

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -51,9 +53,10 @@ T = TypeVar("T")
 
 
 class VectorStore:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings, kind: str | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        self.kind = kind or settings.store_kind  # which engine (``search.backends.BACKENDS``)
         self.alias = settings.collection
         self._target: str | None = None
         self._specs: dict[str, dict[str, Any]] = {}
@@ -108,6 +111,25 @@ class VectorStore:
         self.retry(lambda: self.backend.drop_collection(physical))
         self.retry(lambda: drop_ledger(self.backend, physical))
         self._specs.pop(physical, None)
+
+    @contextmanager
+    def lend(self) -> Iterator[StoreOpener]:
+        """Hand this store to another process for a while (a Ray run's committer).
+
+        Yields a picklable ``StoreOpener`` that opens the same engine with the same
+        write target there. An embedded engine admits one process, so this handle
+        closes it meanwhile and opens it again on the way out (waiting for the
+        borrower's process to let go); a server is shared and stays open.
+        """
+        opener = StoreOpener(self.settings, self.kind, self._write_name())
+        if not self.backend.one_process:
+            yield opener
+            return
+        self.backend.close()
+        try:
+            yield opener
+        finally:
+            self.backend = _reopened(self.kind, self.settings)
 
     def ledger(self) -> StoreLedger:
         """The ledger of the write target (``schemas.ledger``), kept beside its points."""
@@ -357,7 +379,38 @@ class VectorStore:
 def open_store(settings: Settings | None = None, *, backend: str | None = None) -> VectorStore:
     """The store configured by ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    return VectorStore(open_backend(backend or settings.store_kind, settings), settings)
+    kind = backend or settings.store_kind
+    return VectorStore(open_backend(kind, settings), settings, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOpener:
+    """What another process needs to open a lent store (``VectorStore.lend``)."""
+
+    settings: Settings
+    kind: str
+    target: str  # the physical collection written
+
+    def __call__(self) -> VectorStore:
+        store = VectorStore(_reopened(self.kind, self.settings), self.settings, self.kind)
+        store._target = self.target
+        return store
+
+
+LEND_WAIT_S = 30.0
+
+
+def _reopened(kind: str, settings: Settings) -> Backend:
+    """The engine opened, waiting (a while) for the process it was lent to to let go:
+    its folder lock goes with that process's last close or its exit."""
+    deadline = time.monotonic() + LEND_WAIT_S
+    while True:
+        try:
+            return open_backend(kind, settings)
+        except StoreLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 # --- small helpers ---------------------------------------------------------------------

@@ -162,3 +162,31 @@ def test_an_items_file_level_points_go_in_one_upsert(tmp_path, monkeypatch) -> N
         # Batches of 2 would split v's file-level pair; the span grows by one instead.
         assert calls == [["audio0", "audio-1", "vision-1"], ["vision0", "vision-1"]]
         assert store.count() == 5
+
+
+def _write_through(opener, item_id: str) -> None:
+    """In another process: open the lent store and write one file-level point there."""
+    from store_helpers import file_level, random_unit
+
+    store = opener()
+    store.write([file_level(item_id, random_unit(np.random.default_rng(1)))])
+    store.close()
+
+
+@pytest.mark.parametrize("backend", EMBEDDED_PARAMS)
+def test_a_lent_store_is_written_by_the_borrower_and_seen_again_after(backend, tmp_path):
+    """A Ray run's committer borrows the store: the lender lets go of the folder, the
+    borrower writes to the same collection, and the lender sees it on the way out."""
+    import multiprocessing
+
+    settings = settings_for(backend, tmp_path)
+    with open_store(settings) as store:
+        store.ensure_collection("m1", POLICY)
+        with store.lend() as opener:
+            borrower = multiprocessing.get_context("spawn").Process(
+                target=_write_through, args=(opener, "lent-item"))
+            borrower.start()
+            borrower.join(timeout=120)
+            assert borrower.exitcode == 0
+        assert store.completed_items(["lent-item"]) == {"lent-item"}
+        assert store.ledger().count() == 0  # the ledger follows the reopened engine

@@ -68,6 +68,7 @@ class Backend(ABC):
 
     name: str
     native_groups: bool = False
+    one_process: bool = True  # an embedded engine: its folder admits one process at a time
 
     @abstractmethod
     def create_collection(self, name: str, spec: CollectionSpec) -> None: ...

@@ -20,6 +20,8 @@ RETRY_STATUS = {408, 429, 500, 502, 503, 504}  # overload and gateway blips
 
 
 class ServerBackend(ClientBackend):
+    one_process = False
+
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, UnexpectedResponse):
             return exc.status_code in RETRY_STATUS
