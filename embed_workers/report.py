@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +32,9 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  # settled by an earlier run and unchanged since: not read
 
 
+# Fields that name a run, not count its work (``RunReport.absorb`` keeps them).
+IDENTITY_FIELDS = frozenset({"run_id", "source", "executor", "model_id", "policy", "started",
+                             "finished", "error"})
 STAGES = ("plan", "source", "decode", "preprocess", "encode", "store")
 
 
@@ -100,6 +103,23 @@ class RunReport:
 
     def add_stage_time(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def absorb(self, other: RunReport) -> None:
+        """Add what another process recorded for this run (a Ray run's committer): counts
+        and times add up, lists and notes extend; what names the run stays this one's."""
+        for f in fields(self):
+            if f.name in IDENTITY_FIELDS:
+                continue
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, list):
+                mine.extend(theirs)
+            elif isinstance(mine, dict):
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+            elif isinstance(mine, int | float) and not isinstance(mine, bool):
+                setattr(self, f.name, mine + theirs)
+            elif mine is None:
+                setattr(self, f.name, theirs)
 
     def finish(self, error: BaseException | None = None) -> RunReport:
         self.finished = datetime.now(UTC)
@@ -272,9 +292,11 @@ class ProgressMeter:
         self._last = float("-inf")
 
     def tick(self, report: RunReport, *, final: bool = False) -> None:
+        self.tick_counts(report.items_seen, report.segments_total, final=final)
+
+    def tick_counts(self, items_seen: int, segments: int, *, final: bool = False) -> None:
         now = time.monotonic()
         if self.callback is None or (not final and now - self._last < self.interval_s):
             return
         self._last = now
-        self.callback(Progress(report.items_seen, self.total, report.segments_total,
-                               now - self.started))
+        self.callback(Progress(items_seen, self.total, segments, now - self.started))

@@ -13,6 +13,8 @@ import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,24 @@ class FailingSink:
 
     def forget_locations(self, item_id, uris):
         return self.store.forget_locations(item_id, uris)
+
+    def ledger(self):
+        return self.store.ledger()
+
+    def close(self) -> None:
+        self.store.close()
+
+    @contextmanager
+    def lend(self):
+        """Lent to a Ray run's committer: the store is cut off there, after as many writes."""
+        with self.store.lend() as opener:
+            yield FailingOpener(opener, self.allowed)
+
+
+@dataclass(frozen=True)
+class FailingOpener:
+    opener: Any
+    allowed: int
+
+    def __call__(self) -> FailingSink:
+        return FailingSink(self.opener(), self.allowed)

@@ -11,6 +11,7 @@ import os
 from collections import Counter
 
 import numpy as np
+import pipeline_helpers
 import pytest
 from pipeline_helpers import (
     CORRUPT,
@@ -38,6 +39,8 @@ def ray_session():
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # The helpers' FailingSink is opened in the committer actor: ship its module by value.
+    ray.cloudpickle.register_pickle_by_value(pipeline_helpers)
     yield
     if started:
         ray.shutdown()

@@ -200,7 +200,7 @@ def reading_on(node, within_s: float) -> bool:
     while time.monotonic() < deadline:
         for proc in raylet.children(recursive=True):
             try:
-                if "ReadWorkQueue" in " ".join(proc.cmdline()):
+                if "ReadShard" in " ".join(proc.cmdline()):
                     return True
             except psutil.Error:
                 continue

@@ -1,33 +1,35 @@
-"""The Ray executor: Ray Data streaming; shards read and decoded on any node, encoded in a pool.
+"""The Ray executor: Ray Data streaming; shards read and decoded on any node, encoded in a
+pool, committed by one actor.
 
     driver: plan (list the source, anti-join the ledger, cut shards: no content read)
-        ─► work queue of shards (Ray actor, bounded; plain data, no bytes)
-        ─► read tasks on any node (CPU): read each shard's members straight from the
-           source, hash, probe, decode, preprocess (``ray_tasks``); blocks of model
-           tensors per modality, every row keyed by its entry
+        ─► one read task per shard, on any node (CPU; Ray Data retries one whose worker
+           died): read the shard's members straight from the source, hash, probe,
+           decode, preprocess (``ray_tasks``); blocks of model tensors per modality,
+           every row keyed by its entry and its reading
         ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=1, max_size=N))
            (model built once per actor; the pool grows with the cluster and runs on
            what exists; it only stacks the tensors and runs the model), which stages
            each output block (``embed_workers.staging``) before returning it
-        ─► driver: admission (one copy per item, ``ray_admit``), the collector, the sink
+        ─► the committer actor (``ray_commit``): admission (one copy per item, one
+           reading per shard, ``ray_admit``), the collector, the store it holds
 
-A run first commits what an earlier run staged and never committed
-(``ray_replay``: a driver that died), then plans; it removes its source's
-staged parts once everything is committed.
+The driver hands the committer references to the encoded blocks and gets counts
+back: media bytes and vectors never pass through it. A run first commits what an
+earlier run staged and never committed (``ray_replay``: a driver that died),
+then plans; it removes its source's staged parts once everything is committed.
+A rerun whose plan leaves nothing to read and nothing staged settles on the
+driver (counts and ledger entries, no points) without starting Ray.
 
-The driver lists the source and never reads its content; the read tasks are
-not pinned to any node. Vision tensors cross the object store as float16 when
-the model computes in bf16/fp16 (``prepare.wire_dtypes``); the actors send
-back vectors and segment metadata only, and the driver writes them through
-the sink (the embedded store's one holder). Bounded queues and Ray Data's
-streaming backpressure keep memory and spooled disk flat.
+Vision tensors cross the object store as float16 when the model computes in
+bf16/fp16 (``prepare.wire_dtypes``). Ray Data's streaming backpressure and the
+committer's few blocks in flight keep memory and spooled disk flat.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -37,21 +39,22 @@ import pyarrow as pa
 import ray
 import torch
 from ray.data import ActorPoolStrategy, DataContext
-from ray.util.queue import Full, Queue
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from embed_workers.encoder import view_budgets
 from embed_workers.executors import EncoderArgs, RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import make_plan
-from embed_workers.executors.ray_admit import Admission
+from embed_workers.executors.ray_commit import (
+    CommittedLedger,
+    CommitterHandle,
+    committing,
+    result,
+)
 from embed_workers.executors.ray_connect import connect
-from embed_workers.executors.ray_replay import replay_staged
 from embed_workers.executors.ray_tasks import (
-    POLL_S,
     ROW_SCHEMA,
     DecodeJob,
-    WorkQueueDatasource,
+    ShardDatasource,
     row_for,
 )
 from embed_workers.model import resolve_dtype
@@ -79,9 +82,7 @@ log = logging.getLogger(__name__)
 CLUSTER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
                     ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                     ray.exceptions.LocalRayletDiedError, ray.exceptions.RaySystemError)
-QUEUE_PER_TASK = 2
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
-
 
 
 # --- Ray lifecycle ------------------------------------------------------------------------
@@ -96,27 +97,53 @@ def cpu_shares(total_cpus: float, decode_tasks: int, actors: int) -> tuple[float
 
 
 def run_ray(ctx: RunContext) -> None:
-    collector = Collector(ctx)
     staging = staging_of(ctx)
-    replay_staged(ctx, collector, staging)  # an earlier run's encoded work, before the plan
     ray_up = _Connection(ctx.settings)
     try:
-        started = time.perf_counter()
-        plan = make_plan(ctx, listed_in_task(ctx, ray_up) if is_url(ctx.source) else None,
-                         index_with=lambda source, _: indexed_in_task(ctx, source, ray_up))
-        for entry in plan.unchanged:
-            collector.planned(PlannedEntry(Action.UNCHANGED, unchanged=Unchanged(entry)))
-        for end in settled_archive_end(plan):
-            collector.planned(PlannedEntry(Action.CONTAINER, container=end))
-        collector.report.add_stage_time("source", time.perf_counter() - started)
-        if plan.shards:
-            ray_up.ensure()
-            _run(ctx, plan, collector, _actors_stage(ctx, staging))
+        staged = staging.parts()
+        plan = None if staged else _plan(ctx, ray_up)
+        if plan is not None and not plan.shards:
+            _settle_here(ctx, plan)  # nothing to read or commit: no points, no Ray start
         else:
-            collector.close()
+            ray_up.ensure()
+            with committing(ctx) as committer:
+                if staged:  # an earlier run's encoded work first: the plan then skips it
+                    committer.call("replay", staging)
+                    plan = _plan(ctx, ray_up, CommittedLedger(committer))
+                committer.planned(_settled_by_plan(plan))
+                if plan.shards:
+                    _run(ctx, plan, committer, _actors_stage(ctx, staging))
+                committer.close()
         staging.clear()  # everything staged is committed now
     finally:
         ray_up.close()
+
+
+def _plan(ctx: RunContext, ray_up: _Connection, ledger: Any = None) -> ShardPlan:
+    """The plan, made on the driver (listing in a task for a URL; no content read)."""
+    started = time.perf_counter()
+    if ledger is not None and ctx.ledger is not None:
+        ctx = dataclasses.replace(ctx, ledger=ledger)
+    plan = make_plan(ctx, listed_in_task(ctx, ray_up) if is_url(ctx.source) else None,
+                     index_with=lambda source, _: indexed_in_task(ctx, source, ray_up))
+    ctx.report.add_stage_time("source", time.perf_counter() - started)
+    return plan
+
+
+def _settled_by_plan(plan: ShardPlan) -> list[PlannedEntry]:
+    """What the plan settled without reading: unchanged objects, archives unchanged whole."""
+    return ([PlannedEntry(Action.UNCHANGED, unchanged=Unchanged(e)) for e in plan.unchanged]
+            + [PlannedEntry(Action.CONTAINER, container=end)
+               for end in settled_archive_end(plan)])
+
+
+def _settle_here(ctx: RunContext, plan: ShardPlan) -> None:
+    """A plan with nothing to read: its counts, and the ledger entries of archives now
+    settled as a whole, recorded by the driver (it writes no point)."""
+    collector = Collector(ctx)
+    for entry in _settled_by_plan(plan):
+        collector.planned(entry)
+    collector.close()
 
 
 class _Connection:
@@ -150,19 +177,8 @@ def listed_in_task(ctx: RunContext, ray_up: _Connection) -> SourceListing:
     task = ray.remote(_list_chunks).options(num_returns="streaming",
                                             scheduling_strategy="SPREAD")
     chunks = task.remote(ctx.source, ctx.settings)
-    whole_source = _result(next(chunks))
-    return SourceListing(whole_source, (m for ref in chunks for m in _result(ref)))
-
-
-def _result(ref: ray.ObjectRef) -> Any:
-    """A task's result, or the error it raised as itself (a missing source is the user's
-    error, said in one line, not a Ray traceback)."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, Exception):
-            raise exc.cause from None
-        raise
+    whole_source = result(next(chunks))
+    return SourceListing(whole_source, (m for ref in chunks for m in result(ref)))
 
 
 def indexed_in_task(ctx: RunContext, source: str, ray_up: _Connection) -> Any:
@@ -170,7 +186,7 @@ def indexed_in_task(ctx: RunContext, source: str, ray_up: _Connection) -> Any:
     archive's headers or directory; the driver reads none of it)."""
     ray_up.ensure()
     task = ray.remote(index_archive).options(scheduling_strategy="SPREAD")
-    return _result(task.remote(source, ctx.settings))
+    return result(task.remote(source, ctx.settings))
 
 
 def _list_chunks(source: str, settings: Settings) -> Iterator[Any]:
@@ -285,101 +301,65 @@ def _origin(row: dict[str, Any]) -> dict[str, Any]:
 # --- the driver ---------------------------------------------------------------------------
 
 
-def _run(ctx: RunContext, plan: ShardPlan, collector: Collector,
+def _run(ctx: RunContext, plan: ShardPlan, committer: CommitterHandle,
          staging: Staging | None) -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     # An encode call fails when its actor or node does (bad inputs are rejected inside
     # it): retried on an actor that is still there. An EncoderFault (the actor's device
-    # keeps failing) is not retried: it stops the run with its own message.
+    # keeps failing) is not retried: it stops the run with its own message. A read task
+    # whose worker or node died is retried by Ray Data itself: it reads its shard anew.
     context.actor_task_retry_on_errors = list(CLUSTER_FAILURES)
     context.raise_original_map_exception = True  # an EncoderFault reaches the run as itself
-    job = decode_job(ctx, _use_gpus(ctx.settings))
-    work, gate = _queues(ctx.settings.decode_workers * QUEUE_PER_TASK)
-    lock = threading.Lock()
-    admission = Admission(ctx, collector)
-    feeder = _ShardFeeder(plan.shards, work, gate)
+    job = ray.put(decode_job(ctx, _use_gpus(ctx.settings)))
+    _stream_results(ctx, plan.shards, job, staging, committer)
+    _retry_lost(ctx, plan, job, staging, committer)
+
+
+def _stream_results(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
+                    staging: Staging | None, committer: CommitterHandle) -> None:
+    """Read, decode and encode the shards; every output block goes to the committer by
+    reference (the driver never fetches one)."""
+    dataset = _dataset(ctx, shards, job, staging)
     try:
-        _stream_results(ctx, work, gate, job, staging, admission, lock)
-        feeder.join_and_raise()
-        _retry_lost(ctx, plan, job, staging, admission, lock)
-        with lock:
-            collector.report.decode_nodes = dict(admission.decode_nodes)
-            collector.report.encode_nodes = dict(admission.encode_nodes)
-            collector.close()
-    finally:
-        feeder.stop()
-        for queue in (work, gate):
-            ray.kill(queue.actor)
-        collector.abandon()
-
-
-def _queues(maxsize: int) -> tuple[Queue, Queue]:
-    """The work queue, and the gate the driver closes (one put) after its last job.
-
-    Both live on the driver's node: a worker node may die, and the queues with it.
-    """
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    options = {"num_cpus": 0, "scheduling_strategy": here}
-    return Queue(maxsize=maxsize, actor_options=options), Queue(maxsize=1, actor_options=options)
-
-
-def _stream_results(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
-                    staging: Staging | None, admission: Admission,
-                    lock: threading.Lock) -> None:
-    dataset = _dataset(ctx, work, gate, job, staging)
-    try:
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            with lock:
-                admission.handle(table)
-                admission.collector.tick()
+        for bundle in dataset.iter_internal_ref_bundles():
+            committer.hand_on(bundle)
+        committer.wait()
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, EncoderFault):  # said in its own words, not a traceback
             raise exc.cause from None
         raise
 
 
-def _retry_lost(ctx: RunContext, plan: ShardPlan, job: DecodeJob, staging: Staging | None,
-                admission: Admission, lock: threading.Lock) -> None:
-    """Read again the shards a dead worker took with it, then give up on their items.
+def _retry_lost(ctx: RunContext, plan: ShardPlan, job: ray.ObjectRef,
+                staging: Staging | None, committer: CommitterHandle) -> None:
+    """Read again the shards a failure left unfinished, then give up on their items.
 
-    Ray retries a task whose worker died, but the retry reads the queue afresh:
-    shards the dead attempt had taken never report back. Once the stream has
-    ended, every shard not read to its end, or holding an item not settled, is
-    such a shard (or lost an encoded block with a worker); it gets
-    ``LOST_ITEM_PASSES`` more tries, then its items get a rejection that says
-    the next run retries them. Never a silent gap in the report.
+    Ray retries a read task whose worker died, and the committer takes the new
+    reading in place of the old one; an encoded block lost with a node, or a
+    reading replaced after some of its entries were dropped, still leaves a
+    shard unfinished. Once the stream has ended, every shard not read to its end,
+    or holding an item not settled, gets ``LOST_ITEM_PASSES`` more readings; then
+    its items get a rejection that says the next run retries them. Never a silent
+    gap in the report.
     """
     by_id = {s.shard_id: s for s in plan.shards}
     for _ in range(LOST_ITEM_PASSES):
-        lost = {i for i in by_id if i not in admission.shards_read}
-        lost |= admission.unsettled_shards()
+        lost = committer.call("unfinished", list(by_id))
         if not lost:
             return
-        work, gate = _queues(0)
-        try:
-            with lock:
-                admission.forget_unsettled(lost)
-                admission.shards_read -= lost
-                for shard_id in sorted(lost):
-                    work.put(by_id[shard_id])
-            gate.put(True)
-            _stream_results(ctx, work, gate, job, staging, admission, lock)
-        finally:
-            for queue in (work, gate):
-                ray.kill(queue.actor)
-    with lock:
-        for item_id in list(admission.collector.items):
-            admission.collector.lost(item_id, f"lost with failed Ray workers "
-                                     f"{LOST_ITEM_PASSES + 1} times; the next run retries it")
+        committer.call("read_again", lost)
+        _stream_results(ctx, [by_id[i] for i in sorted(lost)], job, staging, committer)
+    committer.call("give_up", f"lost with failed Ray workers {LOST_ITEM_PASSES + 1} times; "
+                              "the next run retries it")
 
 
 def _use_gpus(settings: Settings) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1 and settings.device != "cpu"
 
 
-def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
+def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
              staging: Staging | None) -> ray.data.Dataset:
     settings = ctx.settings
     gpus = _use_gpus(settings)
@@ -390,9 +370,10 @@ def _dataset(ctx: RunContext, work: Queue, gate: Queue, job: DecodeJob,
     # pool says DEFAULT: with args it could merge, Ray Data would fuse the reads into
     # the encode actors, and decode would run only where they do. (Ray 2.60 warns that
     # such free remote args go in 2.64; it names no replacement for the strategy yet.)
+    # One read task per shard, at most decode_workers at once.
     ds = ray.data.read_datasource(
-        WorkQueueDatasource(work, gate, settings.decode_workers, job),
-        override_num_blocks=settings.decode_workers, num_cpus=decode_cpu,
+        ShardDatasource(shards, job), override_num_blocks=len(shards),
+        concurrency=min(settings.decode_workers, len(shards)), num_cpus=decode_cpu,
         scheduling_strategy="SPREAD")
     # min 1: a run starts on a cluster smaller than encode_actors (say, after a node
     # was lost) instead of waiting for actors that cannot be placed; max: the pool
@@ -422,42 +403,3 @@ def preparer_for(ctx: RunContext, gpus: bool) -> Preparer:
     device = torch.device("cuda" if gpus else "cpu")
     return Preparer.for_model(PreprocessOptions(video_crops=settings.video_crops),
                               resolve_dtype(settings.dtype, device))
-
-
-class _ShardFeeder:
-    """Puts the plan's shards into the Ray queue on a driver thread, then closes the gate."""
-
-    def __init__(self, shards: list[Shard], work: Queue, gate: Queue) -> None:
-        self.shards, self.work, self.gate = shards, work, gate
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="ray-feeder")
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for shard in self.shards:
-                if not self._put(shard):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - re-raised by join_and_raise
-            self._error = exc
-        finally:
-            self.gate.put(True)  # after the last job: read tasks end once the queue drains
-
-    def _put(self, shard: Shard) -> bool:
-        while not self._stop.is_set():
-            try:
-                self.work.put(shard, timeout=POLL_S)
-                return True
-            except Full:
-                continue
-        return False
-
-    def join_and_raise(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)

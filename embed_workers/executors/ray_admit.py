@@ -46,14 +46,39 @@ class Admission:
         self.waiting: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.sources: set[str] = set()  # keys of shard-level records already reported
         self.shards_read: set[str] = set()
+        self.readings: dict[str, str] = {}  # shard → the reading (attempt) whose rows count
+        self.retired: set[str] = set()  # readings cut short (their task was retried)
         self.decode_nodes: Counter[str] = Counter()  # node → entries it read or refused
         self.encode_nodes: Counter[str] = Counter()  # node → segments it encoded
 
     def handle(self, table: pa.Table) -> None:
-        rows = table.to_pylist()
+        rows = [r for r in table.to_pylist() if self._of_current_reading(r)]
         for row in rows:  # decisions first: a block holds segments before its markers
             self._decide(row)
         self._route([r for r in rows if r["event"] not in ("found", "shard", "source")])
+
+    # --- readings ------------------------------------------------------------------------
+    def _of_current_reading(self, row: dict[str, Any]) -> bool:
+        """One reading per shard counts. Ray retries a read task whose worker died: the
+        new reading of a shard not read to its end replaces the old one, whose items in
+        flight start over; rows of a replaced reading, late or not, are dropped."""
+        shard, attempt = shard_of(row["key"]), row["attempt"]
+        current = self.readings.setdefault(shard, attempt)
+        if attempt == current:
+            return True
+        if attempt in self.retired or shard in self.shards_read:
+            return False
+        self.retire({shard})
+        self.readings[shard] = attempt
+        return True
+
+    def retire(self, shard_ids: set[str]) -> None:
+        """Those shards are read again: forget what their current readings delivered."""
+        self.forget_unsettled(shard_ids)
+        self.shards_read -= shard_ids
+        for shard in shard_ids:
+            if shard in self.readings:
+                self.retired.add(self.readings.pop(shard))
 
     # --- decisions -----------------------------------------------------------------------
     def _decide(self, row: dict[str, Any]) -> None:
@@ -125,17 +150,22 @@ class Admission:
     # --- lost work -----------------------------------------------------------------------
     def unsettled_shards(self) -> set[str]:
         """Shards to read again: not read to the end, or holding an item not settled."""
-        open_items = {self.admitted[i].split("/")[0] for i in self.collector.items
+        open_items = {shard_of(self.admitted[i]) for i in self.collector.items
                       if i in self.admitted}
-        return open_items | ({k.split("/")[0] for k in self.waiting})
+        return open_items | {shard_of(k) for k in self.waiting}
 
     def forget_unsettled(self, shard_ids: set[str]) -> None:
         """Before those shards are read again: their items in flight start over, and the
         rows of entries never admitted are dropped (they will come again)."""
         for item_id in [i for i in self.collector.items if i in self.admitted]:
             key = self.admitted[item_id]
-            if key.split("/")[0] in shard_ids:
+            if shard_of(key) in shard_ids:
                 self.collector.restart(item_id)
                 del self.admitted[item_id], self.keys[key]
-        for key in [k for k in self.waiting if k.split("/")[0] in shard_ids]:
+        for key in [k for k in self.waiting if shard_of(k) in shard_ids]:
             del self.waiting[key]
+
+
+def shard_of(key: str) -> str:
+    """The shard of an entry's key (``<shard id>/<position>``)."""
+    return key.split("/", 1)[0]

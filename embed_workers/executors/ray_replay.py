@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from embed_workers.executors import RunContext
 from embed_workers.executors.collect import Collector
-from embed_workers.executors.ray_admit import Admission
+from embed_workers.executors.ray_admit import Admission, shard_of
 from embed_workers.staging import Staging
 from ingest.sources import ContainerEnd
 
@@ -63,10 +63,6 @@ def replay_staged(ctx: RunContext, collector: Collector, staging: Staging) -> No
     report.add_stage_time("staged", time.perf_counter() - started)
     report.notes.append(f"committed {report.items_from_staging} items an earlier run had "
                         f"encoded and staged ({len(parts)} parts) without reading them again")
-
-
-def shard_of(key: str) -> str:
-    return key.split("/", 1)[0]
 
 
 def _chosen_readings(staging: Staging, parts: list[str]) -> dict[str, str]:

@@ -1,30 +1,28 @@
-"""Ray decode tasks: shards from the driver's work queue → blocks of prepared model inputs.
+"""Ray decode tasks: one per shard of the plan → blocks of prepared model inputs.
 
-Each read task takes shards (``ingest.shards.Shard``: plain data, no bytes)
-from a Ray queue and reads them where it runs (``ingest.sources.iter_shard``:
+Each read task gets one shard (``ingest.shards.Shard``: plain data, no bytes)
+and reads it where it runs (``ingest.sources.iter_shard``:
 the members straight from the source, safety checks, spool + sha256, kind),
 decodes and preprocesses each entry (``decode_events`` then
 ``prepare_events``), and yields pyarrow blocks of rows per modality; markers
 ride along. Every row of an entry carries the entry's ``key`` (shard id and
 position), because the same bytes may be found by two tasks at once and the
-driver admits only one copy of an item. A task ends when the queue is empty
-and the driver has closed the gate, i.e. every job has been put: ending on a
-shared gate instead of one end marker per task means a task retried after its
-worker died cannot wait forever for a marker the dead attempt had taken.
+committer admits only one copy of an item (``ray_admit``).
 """
 
 from __future__ import annotations
 
 import pickle
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
-from ray.util.queue import Empty, Queue
 
 from embed_workers.encoder import views_per_input
 from embed_workers.pipeline import (
@@ -41,7 +39,6 @@ from ingest.manifest import ManifestRow
 from ingest.shards import Shard
 from schemas import MediaItem, Modality, Settings
 
-POLL_S = 0.5
 MAX_BATCH_WAIT_S = 2.0
 
 ROW_SCHEMA = pa.schema([
@@ -98,40 +95,34 @@ class DecodeJob:
     batch_views: dict[str, int]  # model views per block, per modality: the encoder's budget
 
 
-class WorkQueueDatasource(Datasource):
-    """``n`` read tasks that take shards from the driver's work queue until it is drained
-    and the gate is closed."""
+class ShardDatasource(Datasource):
+    """One read task per shard: Ray Data schedules them over the cluster as CPUs free up,
+    and retries one whose worker or node died (it reads its shard again, anew)."""
 
-    def __init__(self, work: Queue, gate: Queue, tasks: int, job: DecodeJob) -> None:
+    def __init__(self, shards: Sequence[Shard], job: ray.ObjectRef) -> None:
         super().__init__()
-        self.work, self.gate, self.tasks, self.job = work, gate, tasks, job
+        self.shards, self.job = list(shards), job  # the job once in the object store
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        work, gate, job = self.work, self.gate, self.job
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(lambda: decode_from_queue(work, gate, job), meta, schema=ROW_SCHEMA)
-                for _ in range(self.tasks)]
+        job = self.job
+        return [ReadTask(lambda s=shard: decode_shard(s, job), meta, schema=ROW_SCHEMA)
+                for shard in self.shards]
 
 
-def decode_from_queue(work: Queue, gate: Queue, job: DecodeJob) -> Iterator[pa.Table]:
-    """One read task: shards from the queue → blocks of prepared inputs of one modality
-    (plus markers); reading, decoding and preprocessing all run here."""
-    import ray
-
-    count_tokens = count_tokens_fn()
+def decode_shard(shard: Shard, job_ref: ray.ObjectRef) -> Iterator[pa.Table]:
+    """One read task: its shard → blocks of prepared inputs of one modality (plus markers);
+    reading, decoding and preprocessing all run here. Each reading of a shard has its
+    own ``attempt``, so rows of a reading cut short never mix with a later one's."""
+    job: DecodeJob = ray.get(job_ref)
     blocks = _BlockBuilder(ray.get_runtime_context().get_node_id(), job.batch_views)
-    while True:
-        shard = _next_job(work, gate)
-        if shard is None:
-            break
-        if shard:
-            blocks.attempt = uuid.uuid4().hex
-            for key, event in shard_events(shard, job, count_tokens):
-                yield from blocks.add(key, event)
+    blocks.attempt = uuid.uuid4().hex
+    for key, event in shard_events(shard, job, count_tokens_fn()):
+        yield from blocks.add(key, event)
         yield from blocks.due()
     yield from blocks.drain()
 
@@ -160,24 +151,6 @@ def shard_events(shard: Shard, job: DecodeJob,
     yield f"{shard.shard_id}/end", ShardRead(shard.shard_id, position)
 
 
-def _next_job(work: Queue, gate: Queue) -> tuple | None:
-    """A job, () when none came within the poll, None when there will be no more.
-
-    The driver closes the gate only after its last put, so an empty queue seen
-    after the gate closed is final (the second look covers a put that landed
-    between the timed-out get and the gate check).
-    """
-    try:
-        return work.get(timeout=POLL_S)
-    except Empty:
-        if not gate.qsize():
-            return ()
-    try:
-        return work.get(block=False)
-    except Empty:
-        return None
-
-
 class _BlockBuilder:
     """Batches segment rows per modality; markers ride along with the next block."""
 
@@ -187,6 +160,7 @@ class _BlockBuilder:
         self.batcher: KeyedBatcher[str, dict[str, Any]] = KeyedBatcher(
             lambda m: batch_views[m], MAX_BATCH_WAIT_S)
         self.markers: list[dict[str, Any]] = []
+        self.marked_at = 0.0  # when the oldest marker waiting came
         self.duration: dict[str, float | None] = {}
 
     def add(self, key: str, event: Any) -> Iterator[pa.Table]:
@@ -214,6 +188,8 @@ class _BlockBuilder:
             self._mark("rejected", key, event.item_id, event)
 
     def _mark(self, kind: str, key: str, item_id: str, record: Any, modality: str = "") -> None:
+        if not self.markers:
+            self.marked_at = time.monotonic()
         self.markers.append(self._row(kind, key, item_id, record, modality, None))
 
     def _row(self, kind: str, key: str, item_id: str, record: Any, modality: str,
@@ -223,7 +199,10 @@ class _BlockBuilder:
 
     def due(self) -> Iterator[pa.Table]:
         yield from self._tables(self.batcher.due())
-        if self.markers and not len(self.batcher):
+        # Markers alone wait as long as a batch may: one tiny block per item would cost
+        # Ray more than the item.
+        if self.markers and not len(self.batcher) \
+                and time.monotonic() - self.marked_at >= MAX_BATCH_WAIT_S:
             yield self._table([])
 
     def drain(self) -> Iterator[pa.Table]:
