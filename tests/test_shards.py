@@ -128,6 +128,30 @@ def test_a_source_archive_is_split_into_parts_read_by_range(tmp_path, settings, 
                                                                ((1, 2), 2, True)]
 
 
+def test_a_source_archive_is_indexed_once_and_again_only_when_it_changes(tmp_path, settings):
+    archive = write_archive(tmp_path / "a.tar", {f"f{i}.txt": b"one" for i in range(5)})
+    built: list[int] = []
+
+    def counted(source, s):
+        from ingest.sources import index_archive
+
+        built.append(1)
+        return index_archive(source, s)
+
+    first = plan_source(archive, settings, index_with=counted)
+    again = plan_source(archive, settings, index_with=counted)  # e.g. after a crash
+    assert len(built) == 1 and [s.members for s in again.shards] == [
+        s.members for s in first.shards]
+    write_archive(archive, {f"f{i}.txt": b"other bytes" for i in range(6)})
+    changed = plan_source(archive, settings, index_with=counted)
+    assert len(built) == 2 and sum(len(s.members) for s in changed.shards) == 6
+    (settings.home / "indexes").joinpath(next(
+        p.name for p in (settings.home / "indexes").iterdir())).write_bytes(b"damaged")
+    assert sum(len(s.members) for s in plan_source(archive, settings,
+                                                   index_with=counted).shards) == 6
+    assert len(built) == 3  # a damaged kept index is built again, not trusted
+
+
 def test_a_compressed_or_damaged_source_archive_stays_one_shard(tmp_path, settings):
     gz = tmp_path / "a.tar.gz"
     with tarfile.open(gz, "w:gz") as tf:

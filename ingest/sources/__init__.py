@@ -33,10 +33,13 @@ or the source.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import pyarrow as pa
 
 from ingest.kinds import Detection, registry_fingerprint
 from ingest.manifest import ManifestRow, load_manifest, normalise_member
@@ -150,9 +153,40 @@ def plan_source(source: str | Path, settings: Settings | None = None,
     if len(plan.shards) == 1 and plan.shards[0].archive and plan.shards[0].whole_source \
             and splittable(archive):
         build = index_with or index_archive
+        listed = plan.shards[0].members[0]
         plan = split_archive(plan, settings, ledger, registry=registry,
-                             index=lambda: build(archive, settings))
+                             index=lambda: kept_index(archive, listed, settings,
+                                                      lambda: build(archive, settings)))
     return plan
+
+
+def kept_index(archive: str, listed: ListedMember, settings: Settings,
+               build: Callable[[], Any]) -> Any:
+    """The archive's member index: the one kept under ``HOME/indexes`` when it describes
+    the version listed now, else built and, when complete, kept for the next plan (a
+    run cut short, or a rerun with members left to retry, does not index it again)."""
+    from ingest.member_index import read_index, write_index
+
+    path = kept_index_path(archive, settings)
+    if path.is_file():
+        try:
+            kept = read_index(str(path))
+        except (OSError, ValueError, pa.ArrowException):
+            kept = None  # damaged, or of an older layout: built again below
+        if kept is not None and kept.stopped_reason is None \
+                and (kept.size, kept.version) == (listed.size, listed.version):
+            return kept
+    index = build()
+    if index.stopped_reason is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        write_index(index, str(temporary))
+        os.replace(temporary, path)
+    return index
+
+
+def kept_index_path(archive: str, settings: Settings) -> Path:
+    return settings.home / "indexes" / f"{source_key(archive)}.parquet"
 
 
 def splittable(archive: str) -> bool:
