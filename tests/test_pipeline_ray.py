@@ -59,8 +59,13 @@ def _segments(points: dict) -> Counter[str]:
 def test_ray_matches_local_and_reruns_skip(ray_session, archive, tmp_path) -> None:
     path, folder = archive
     on_ray, on_local = settings_for(tmp_path / "ray"), settings_for(tmp_path / "local")
+    lock = on_ray.home / "qdrant" / "edge" / ".mediabind.lock"
+    holders: list[str] = []  # who holds the embedded store while the run goes on
     with open_ready_store(on_ray) as ray_store, open_ready_store(on_local) as local_store:
-        report = run_ingest(str(path), ray_store, settings=on_ray, executor="ray")
+        report = run_ingest(str(path), ray_store, settings=on_ray, executor="ray",
+                            progress=lambda _: holders.append(lock.read_text()))
+        # The committer actor held the store, not this process (the driver).
+        assert holders and not any(h.startswith(f"pid {os.getpid()} ") for h in holders)
         run_ingest(str(path), local_store, settings=on_local, executor="local")
         ray_points, local_points = all_points(ray_store), all_points(local_store)
 

@@ -27,7 +27,7 @@ from hostile import image_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.sources import SourceEntry, iter_source
+from ingest.sources import SourceEntry, iter_source, kept_index_path
 from schemas import Rejected, Settings, Stage
 
 EXAMPLES = int(os.environ.get("MEDIABIND_FUZZ_EXAMPLES", "25"))
@@ -156,7 +156,10 @@ def check_source(source: Path, work: Path, seen: Seen | None = None) -> tuple[in
     assert entries + rejected > 0, "every source yields something, if only one Rejected"
     assert not spool.exists() or list(spool.iterdir()) == [], "spool files left behind"
     new = {p for p in tree(work) - before if spool not in (p, *p.parents)}
-    assert new <= {settings.home, spool}, f"written outside the spool folder: {new}"
+    # Besides the spool, only the member index the plan keeps of a source archive.
+    index = kept_index_path(str(source), settings)
+    assert new <= {settings.home, spool, index.parent, index}, \
+        f"written outside the spool folder: {new}"
     if seen is not None:  # counted once the property held
         seen.inputs, seen.entries, seen.rejected = (seen.inputs + 1, seen.entries + entries,
                                                     seen.rejected + rejected)
