@@ -3,12 +3,23 @@
 
 ``probe(path)`` raises :class:`ProbeError` (with ffprobe's own message) for
 anything ffprobe cannot read; decoders turn that into a ``Rejected``.
+
+One ffprobe per file: the classifier (``ingest.kinds``, for ambiguous
+containers), the duration of the item (``pipeline.probe_duration``) and the
+decoders all ask about the same spooled file in the same process (a decode
+thread, a Ray read task), so the answer is kept, keyed by the file as it is
+on disk (path, inode, size, mtime), and the later askers get it without a
+launch (about 70 ms each). The keyframe index of a video is a different
+question (a demux pass over its packets) and has its own ffprobe.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -71,8 +82,40 @@ class MediaInfo:
         return self.audio is not None
 
 
+KEPT_PROBES = 256  # answers kept per process: far more than the files in flight
+_kept: OrderedDict[tuple[str, int, int, int], MediaInfo] = OrderedDict()
+_kept_lock = threading.Lock()
+launches: Counter[str] = Counter()  # ffprobe launches of ``probe``, per file (tests read it)
+
+
 def probe(path: Path, timeout_s: float = 30) -> MediaInfo:
-    """ffprobe ``path`` (format and streams, JSON) into a :class:`MediaInfo`."""
+    """ffprobe ``path`` (format and streams, JSON) into a :class:`MediaInfo`, once per
+    file: a file unchanged since it was probed gets the kept answer."""
+    key = _identity(path)
+    with _kept_lock:
+        if key is not None and key in _kept:
+            _kept.move_to_end(key)
+            return _kept[key]
+    info = _run_probe(path, timeout_s)
+    if key is not None:
+        with _kept_lock:
+            _kept[key] = info
+            while len(_kept) > KEPT_PROBES:
+                _kept.popitem(last=False)
+    return info
+
+
+def _identity(path: Path) -> tuple[str, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # ffprobe says what is wrong with it
+    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _run_probe(path: Path, timeout_s: float) -> MediaInfo:
+    with _kept_lock:
+        launches[str(path)] += 1
     args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
             "-show_streams", str(path)]
     try:

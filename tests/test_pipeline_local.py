@@ -24,7 +24,7 @@ from pipeline_helpers import (
 
 from embed_workers.pipeline import run_ingest
 from embed_workers.report import Progress
-from schemas import FILE_LEVEL_INDEX
+from schemas import FILE_LEVEL_INDEX, Kind
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -71,6 +71,23 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
         assert again.points_written == 0 and again.items_skipped == len(GOOD_FILES)
     saved = json.loads((settings.runs_path / again.run_id / "report.json").read_text())
     assert saved["items_skipped"] == len(GOOD_FILES)
+
+
+def test_each_timed_file_is_probed_once_for_its_kind_duration_and_decode(archive, tmp_path):
+    """An MP4 or MKV needs ffprobe to tell its kind, its duration and its streams to
+    decode; a WAV the last two: one launch each, shared by the three stages."""
+    from ingest import probe
+
+    path, _ = archive
+    settings = settings_for(tmp_path / "home")
+    before = probe.launches.copy()
+    with open_ready_store(settings) as store:
+        report = run_ingest(str(path), store, settings=settings, executor="local")
+    launched = probe.launches - before
+    timed = [m for m, kind in GOOD_FILES.items() if kind in (Kind.VIDEO, Kind.AUDIO)]
+    assert report.items_completed == len(GOOD_FILES)
+    # the good timed files and the corrupt .mp4 (refused by ffprobe), once each
+    assert len(launched) == len(timed) + 1 and set(launched.values()) == {1}, launched
 
 
 def test_file_level_point_is_the_renormalised_mean(archive, tmp_path) -> None:
