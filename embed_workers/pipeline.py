@@ -379,6 +379,11 @@ class RecordBuilder:
                                 run_id=self.run_id, duration_s=duration_s)
         return EmbeddingRecord(self._id(item, modality, FILE_LEVEL_INDEX), mean.vector(), payload)
 
+    @staticmethod
+    def whole_record(segment: EmbeddingRecord) -> EmbeddingRecord:
+        """The one segment of an item as the item's one point: segment and file at once."""
+        return EmbeddingRecord(segment.point_id, segment.vector, segment.payload | {"whole": True})
+
     def _id(self, item: MediaItem, modality: Modality | str, index: int) -> str:
         from schemas import point_id
 

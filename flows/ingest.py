@@ -34,7 +34,8 @@ from flows.run import (
     start_run,
 )
 from ingest.sources import normalise_source
-from schemas import FILE_LEVEL_INDEX, Settings, collection_name
+from schemas import Settings, collection_name
+from schemas.payload import COMPLETING_POINTS
 
 # I/O stages retry with exponential backoff (2, 4, 8 s, jittered); what no retry can fix
 # (``flows.run.PERMANENT_ERRORS``: a missing source or checkpoint, an unaccepted licence,
@@ -161,9 +162,9 @@ def verify_stage(target: Overrides) -> dict[str, Any]:
 
 
 def complete_item_ids(store: Any) -> list[str]:
-    """Ids of the items with a file-level point in the collection behind the alias."""
-    file_level = {"segment_index": FILE_LEVEL_INDEX}
-    points = store.scroll(file_level, limit=store.count(file_level))
+    """Ids of the items complete in the collection behind the alias (a file-level point,
+    or the whole point of a single-segment item)."""
+    points = store.scroll(COMPLETING_POINTS, limit=store.count(COMPLETING_POINTS))
     return sorted({p.payload["item_id"] for p in points})
 
 

@@ -124,7 +124,8 @@ def start_run(source: str, settings: Settings, *, executor: str | None = None,
         report = run_ingest(checked.source, store, settings=settings,
                             executor=executor or settings.executor, encoder=encoder,
                             run_id=checked.run_id, manifest=manifest, progress=progress,
-                            ledger=ledger, notes=backfill_notes(store, ledger, physical))
+                            ledger=ledger, notes=backfill_notes(store, ledger, physical)
+                            + alias_notes(store, settings.collection, physical))
         searched = store.backend.get_alias(settings.collection)
     folder = settings.runs_path / report.run_id
     (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")
@@ -138,6 +139,21 @@ def backfill_notes(store: Any, ledger: Any, physical: str) -> list[str]:
     return [f"{physical} was written before mediabind kept a ledger: this run reads the "
             "source once more to fill it (stored items are recognised by their bytes and "
             "not embedded again); later reruns read only what changed"]
+
+
+def alias_notes(store: Any, alias: str, physical: str) -> list[str]:
+    """Said when searches read another collection than the one this run writes (another
+    model or segment policy: a reembed under way, or settings changed since)."""
+    searched = store.backend.get_alias(alias)
+    if searched in (None, physical):
+        return []
+    read, written = (store.backend.collection_metadata(n)["policy"] for n in (searched, physical))
+    layout = (" Only the point layout differs (one point per single-segment item, since "
+              "policy ids ending in 'u'): MEDIABIND_ONE_POINT_ITEMS=false keeps writing the "
+              "older collection instead." if written == f"{read}u" else "")
+    return [f"searches read {searched} through {alias!r}; this run wrote {physical} (another "
+            "model or segment policy): `mediabind reembed` fills it and moves the alias once "
+            f"it is complete.{layout}"]
 
 
 @contextmanager

@@ -45,22 +45,34 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
     "height",
     "text",
     "policy",
+    "whole",
     "meta",
 )
+
+# The points whose presence says an item is complete (filter form, ``search.filters``):
+# its file-level points, or the one point of a single-segment item, which is segment
+# and file at once (``SegmentPolicy.one_point``; payload ``whole``).
+COMPLETING_POINTS: dict = {"not": {"segment_index": {"gte": 0}, "not": {"whole": True}}}
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentPolicy:
     """How long media is cut into windows; part of every point id and collection name.
 
-    Every item also gets one file-level point per modality (index
-    ``FILE_LEVEL_INDEX``): it is always written, last, because its presence is
-    what marks the item complete for incremental and resumed runs.
+    Every item with more than one segment also gets one file-level point per
+    modality (index ``FILE_LEVEL_INDEX``, the mean): it is always written, last,
+    because its presence is what marks the item complete for incremental and
+    resumed runs. With ``one_point`` (the default), an item of one segment (an
+    image, a short text or clip) is stored as that one point, marked
+    ``whole``: segment and file at once, and its own completion mark. Without it
+    (the layout of collections written before), such an item had two points
+    holding the same vector; those collections move over by ``reembed``.
     """
 
     segment_s: float = 2.0
     stride_s: float = 2.0
     video_crops: int = 3
+    one_point: bool = True
 
     def __post_init__(self) -> None:
         if self.segment_s <= 0 or self.stride_s <= 0:
@@ -70,7 +82,8 @@ class SegmentPolicy:
 
     @property
     def policy_id(self) -> str:
-        return f"w{self.segment_s:g}s{self.stride_s:g}c{self.video_crops}"
+        layout = "u" if self.one_point else ""  # u: a single-segment item is one point
+        return f"w{self.segment_s:g}s{self.stride_s:g}c{self.video_crops}{layout}"
 
 
 def point_id(item_id: str, modality: Modality | str, index: int, policy: SegmentPolicy,

@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from schemas.payload import FILE_LEVEL_INDEX, INDEXED_FIELDS, SegmentPolicy
+from schemas.payload import COMPLETING_POINTS, INDEXED_FIELDS, SegmentPolicy
 from schemas.payload import collection_name as physical_name
 from schemas.records import EmbeddingRecord
 from schemas.settings import Settings, get_settings
 from search.backends import Backend, CollectionSpec, Group, Point, ScoredPoint, open_backend
 from search.backends.lock import StoreLockedError
-from search.filters import Match, Where, any_of, parse_where
+from search.filters import Where, any_of, parse_where
 from search.ledger import StoreLedger, drop_ledger
 from search.records import check_id, check_record, check_vector, upsert_spans
 
@@ -47,6 +47,7 @@ ID_CHUNK = 512  # item ids per filter in completed_items / delete_items
 PAGE = 1024  # points per scroll page
 OVERFETCH = 4  # candidates per wanted hit when grouping without engine support
 MAX_GROUP_FETCH = 20_000
+COMPLETING = parse_where(COMPLETING_POINTS)  # an item's completion mark (``schemas.payload``)
 GROUP_FIELDS = tuple(f for f, kind in INDEXED_FIELDS.items() if kind == "keyword")
 Where_ = Mapping[str, Any] | Where | None
 T = TypeVar("T")
@@ -174,14 +175,14 @@ class VectorStore:
             self._written += end - start
 
     def completed_items(self, item_ids: Iterable[str]) -> set[str]:
-        """Items whose file-level point (segment_index == -1) is stored in the write target."""
+        """Items whose completing point is stored in the write target: a file-level point
+        (segment_index == -1), or the one point of a single-segment item (``whole``)."""
         if self._target is None and self.backend.get_alias(self.alias) is None:
             return set()  # no collection yet: nothing is stored, so nothing is complete
         name = self._write_name()
-        file_level = Where((Match("segment_index", FILE_LEVEL_INDEX),))
         done: set[str] = set()
         for chunk in _chunks(list(dict.fromkeys(item_ids)), ID_CHUNK):
-            where = any_of("item_id", chunk).and_(file_level)
+            where = any_of("item_id", chunk).and_(COMPLETING)
             done.update(p.payload["item_id"] for p in self._iter(name, where, ["item_id"]))
         return done
 
@@ -189,13 +190,12 @@ class VectorStore:
         """Union more paths of the same bytes into every point of the item.
 
         Cheap when nothing is new (every rerun calls it for every skipped item):
-        the known paths are read from the item's file-level points only, and
+        the known paths are read from the item's completing points only, and
         the item's points are rewritten only when a path is new.
         """
         name = self._write_name()
         where = any_of("item_id", [item_id])
-        file_level = where.and_(Where((Match("segment_index", FILE_LEVEL_INDEX),)))
-        known = self._known_uris(name, file_level) or self._known_uris(name, where)
+        known = self._known_uris(name, where.and_(COMPLETING)) or self._known_uris(name, where)
         merged = list(dict.fromkeys([*known, *source_uris]))
         if known and merged != list(dict.fromkeys(known)):
             self.retry(lambda: self.backend.set_payload(name, where, {"source_uri": merged}))
@@ -205,8 +205,7 @@ class VectorStore:
         delete the item when no path is left. Returns the number of points removed."""
         name = self._write_name()
         where = any_of("item_id", [item_id])
-        file_level = where.and_(Where((Match("segment_index", FILE_LEVEL_INDEX),)))
-        known = list(dict.fromkeys(self._known_uris(name, file_level)
+        known = list(dict.fromkeys(self._known_uris(name, where.and_(COMPLETING))
                                    or self._known_uris(name, where)))
         gone = set(source_uris)
         kept = [u for u in known if u not in gone]

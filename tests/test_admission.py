@@ -16,7 +16,7 @@ from embed_workers.executors.collect import Collector
 from embed_workers.executors.ray_admit import Admission
 from embed_workers.executors.ray_tasks import ROW_SCHEMA, Found, ShardRead, row_for
 from embed_workers.pipeline import ItemDecoded, ItemStarted
-from schemas import FILE_LEVEL_INDEX, Kind, MediaItem, Modality, Segment, Settings
+from schemas import Kind, MediaItem, Modality, Segment, Settings
 
 
 class ListSink:
@@ -79,8 +79,12 @@ def feed(admission: Admission, *rows: dict) -> None:
     admission.handle(pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA))
 
 
-def stored(sink: ListSink) -> list[int]:
-    return sorted(r.payload["segment_index"] for r in sink.records)
+def stored(sink: ListSink) -> list[tuple[int, bool]]:
+    return sorted((r.payload["segment_index"], r.payload.get("whole", False))
+                  for r in sink.records)
+
+
+ONE_POINT = [(0, True)]  # one segment in all: the item's one point
 
 
 def test_a_retried_reading_replaces_one_cut_short_and_its_late_rows_are_dropped(admitted):
@@ -91,7 +95,7 @@ def test_a_retried_reading_replaces_one_cut_short_and_its_late_rows_are_dropped(
     assert sink.records == [] and ITEM.item_id in collector.items
     feed(admission, segment("b"), decoded("b"), end("b"))
     collector.close()
-    assert stored(sink) == [FILE_LEVEL_INDEX, 0]  # one segment, one file-level point
+    assert stored(sink) == ONE_POINT  # its one segment, once
     assert collector.report.items_completed == 1 and collector.report.segments_written["text"] == 1
 
 
@@ -100,7 +104,7 @@ def test_a_reading_after_the_shard_was_read_to_its_end_is_ignored(admitted):
     feed(admission, found("a"), started("a"), segment("a"), decoded("a"), end("a"))
     feed(admission, found("c"), started("c"), segment("c"), decoded("c"), end("c"))
     collector.close()
-    assert stored(sink) == [FILE_LEVEL_INDEX, 0]
+    assert stored(sink) == ONE_POINT
     assert collector.report.items_completed == 1 and admission.shards_read == {"s1"}
 
 
@@ -112,4 +116,4 @@ def test_a_shard_read_again_by_the_driver_counts_its_new_reading(admitted):
     feed(admission, found("d"), started("d"), segment("d"), decoded("d"), end("d"))
     feed(admission, segment("a"))  # the old reading, late: dropped
     collector.close()
-    assert stored(sink) == [FILE_LEVEL_INDEX, 0] and admission.unsettled_shards() == set()
+    assert stored(sink) == ONE_POINT and admission.unsettled_shards() == set()

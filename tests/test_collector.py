@@ -11,7 +11,7 @@ from embed_workers.executors import make_context
 from embed_workers.executors.collect import Collector
 from embed_workers.pipeline import ItemDecoded, ItemStarted
 from embed_workers.report import Outcome
-from schemas import FILE_LEVEL_INDEX, Kind, MediaItem, Modality, Rejected, Segment, Settings, Stage
+from schemas import Kind, MediaItem, Modality, Rejected, Segment, Settings, Stage
 
 
 class ListSink:
@@ -63,7 +63,9 @@ def test_a_restarted_item_is_written_once_with_only_its_new_rejections(collector
     assert coll.report.rejected == [] and coll.items[it.item_id].path == "/spool/a"
     deliver(coll, it)
     coll.close()
-    assert [r.payload["segment_index"] for r in sink.records] == [0, FILE_LEVEL_INDEX]
+    # one text segment in all: stored as the item's one point (segment and file at once)
+    assert [(r.payload["segment_index"], r.payload.get("whole")) for r in sink.records] \
+        == [(0, True)]
     assert released == [1]  # the spooled bytes went once the item settled
     assert [o.outcome for o in coll.report.outcomes] == [Outcome.INGESTED]
 

@@ -259,13 +259,18 @@ class Collector:
 
     def _finish_ingested(self, state: ItemState) -> None:
         # Segments first, file-level points last (in one ordered buffer): a file-level
-        # point in the store means every segment of the item is there too.
-        self.writer.add(state.records)
-        file_level = [self.builder.file_level_record(state.item, Modality(m), mean,
-                                                     state.duration_s)
-                      for m, mean in sorted(state.means.items())]
-        points = len(state.records) + len(file_level)
-        self.writer.add(file_level, [self._item_entry(state.item, uri, points)
+        # point in the store means every segment of the item is there too. An item of
+        # one segment is that one point, marked whole (``SegmentPolicy.one_point``).
+        if self.builder.policy.one_point and len(state.records) == 1:
+            segments, completing = [], [self.builder.whole_record(state.records[0])]
+        else:
+            segments = state.records
+            completing = [self.builder.file_level_record(state.item, Modality(m), mean,
+                                                         state.duration_s)
+                          for m, mean in sorted(state.means.items())]
+        self.writer.add(segments)
+        points = len(segments) + len(completing)
+        self.writer.add(completing, [self._item_entry(state.item, uri, points)
                                      for uri in state.item.locations or [state.item.source_uri]])
         self.report.items_completed += 1
         self.report.items_ingested.update(state.means.keys())
