@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     encode_actors: int = Field(1, ge=1, description="Encoder actors in the Ray pool (one per GPU).")
     staging_url: str | None = Field(
         None, description="Where Ray encode actors stage their output (Parquet) before the "
-        "driver commits it, so a driver that dies loses no encoded work: an fsspec URL the "
-        "driver and every node reach. Default: HOME/staging when the whole cluster is this "
+        "run's committer writes it, so a driver that dies loses no encoded work: an fsspec "
+        "URL the driver and every node reach. Default: HOME/staging when the whole cluster is this "
         "machine; not staged otherwise.")
     encode_threads: int = Field(
         0, ge=0, description="Batches preprocessed and encoded at once by the local executor "

@@ -16,6 +16,11 @@ from typing import Protocol, runtime_checkable
 
 from schemas.records import EmbeddingRecord
 
+# What a process that holds an embedded store says it is, in the store's lock file
+# (``search.backends.lock``): a Ray run's committer names its driver there, so a
+# rerun after the driver died waits for the committer to go instead of failing.
+HOLDER_ENV = "MEDIABIND_STORE_HOLDER"
+
 
 @runtime_checkable
 class PointSink(Protocol):

@@ -20,6 +20,8 @@ search is exact, which is fine for small collections.
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ from search.filters import Where, any_of, parse_where
 from search.ledger import StoreLedger, drop_ledger
 from search.records import check_id, check_record, check_vector, upsert_spans
 
+log = logging.getLogger(__name__)
 __all__ = ["Group", "Point", "ScoredPoint", "StoreLockedError", "VectorStore", "open_store"]
 
 VECTOR_DIM = 1024
@@ -122,15 +125,22 @@ class VectorStore:
         closes it meanwhile and opens it again on the way out (waiting for the
         borrower's process to let go); a server is shared and stays open.
         """
-        opener = StoreOpener(self.settings, self.kind, self._write_name())
-        if not self.backend.one_process:
+        one_process = self.backend.one_process
+        opener = StoreOpener(_absolute(self.settings), self.kind, self._write_name(),
+                             socket.gethostname() if one_process else None)
+        if not one_process:
             yield opener
             return
         self.backend.close()
         try:
             yield opener
-        finally:
-            self.backend = _reopened(self.kind, self.settings)
+        except BaseException:
+            try:
+                self.backend = _reopened(self.kind, self.settings)
+            except StoreLockedError as exc:  # the run's own error is the one to see
+                log.warning("could not open the store again after a failed run: %s", exc)
+            raise
+        self.backend = _reopened(self.kind, self.settings)
 
     def ledger(self) -> StoreLedger:
         """The ledger of the write target (``schemas.ledger``), kept beside its points."""
@@ -354,10 +364,12 @@ class VectorStore:
         for name in sorted(names):
             self.backend.optimize(name)
 
-    def close(self) -> None:
+    def close(self, *, optimize: bool = True) -> None:
+        """Close the engine; first build the index (edge's HNSW) when this handle wrote
+        enough points to want one, unless ``optimize=False`` (a run stopping in a hurry)."""
         threshold = self.settings.optimize_after_points
         try:
-            if threshold and self._written >= threshold:
+            if optimize and threshold and self._written >= threshold:
                 self.optimize()
         finally:
             self.backend.close()
@@ -386,17 +398,31 @@ def open_store(settings: Settings | None = None, *, backend: str | None = None) 
 class StoreOpener:
     """What another process needs to open a lent store (``VectorStore.lend``)."""
 
-    settings: Settings
+    settings: Settings  # with absolute paths: the borrower may run in another folder
     kind: str
     target: str  # the physical collection written
+    host: str | None  # an embedded store's machine: its folder is on that machine's disk
 
     def __call__(self) -> VectorStore:
+        if self.host is not None and socket.gethostname() != self.host:
+            raise RuntimeError(
+                f"the embedded store is on {self.host}, and this process runs on "
+                f"{socket.gethostname()}: a Ray run writes an embedded store from the driver's "
+                "machine (join the cluster with RAY_ADDRESS=host:port, not ray://), or use a "
+                "Qdrant server (QDRANT_URL)")
         store = VectorStore(_reopened(self.kind, self.settings), self.settings, self.kind)
         store._target = self.target
         return store
 
 
 LEND_WAIT_S = 30.0
+
+
+def _absolute(settings: Settings) -> Settings:
+    paths = {"home": settings.home.expanduser().resolve()}
+    if settings.qdrant_path is not None:
+        paths["qdrant_path"] = settings.qdrant_path.expanduser().resolve()
+    return settings.model_copy(update=paths)
 
 
 def _reopened(kind: str, settings: Settings) -> Backend:

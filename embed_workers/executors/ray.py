@@ -204,7 +204,8 @@ def _list_chunks(source: str, settings: Settings) -> Iterator[Any]:
 
 def staging_of(ctx: RunContext) -> Staging:
     """This source's staging folder in this run's collection (``embed_workers.staging``)."""
-    root = ctx.settings.staging_url or str(ctx.settings.home / "staging")
+    # absolute: the actors and the committer may run in another folder
+    root = ctx.settings.staging_url or str((ctx.settings.home / "staging").expanduser().resolve())
     return Staging.at(root, collection_name(ctx.model_id, ctx.settings.policy), ctx.source)
 
 
@@ -255,7 +256,7 @@ class EncodeActor:
         for modality, group in by_modality.items():
             out += self._encode(modality, group)
         result = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
-        if self.staging is not None:  # durable before the driver sees it (``staging``)
+        if self.staging is not None:  # durable before the committer sees it (``staging``)
             self._stage(result)
         return result
 

@@ -1,9 +1,9 @@
-"""The Ray driver's admission of what the read tasks found, before the collector sees it.
+"""The committer's admission of what the read tasks found, before the collector sees it.
 
 Read tasks read and hash their shards' members on whatever node they run, so
-the driver learns what an entry is only from its ``found`` row, and the same
-bytes may be found twice at once (a copy in another shard). Each entry's rows
-carry its key; per key the driver decides once:
+the committer (``ray_commit``) learns what an entry is only from its ``found``
+row, and the same bytes may be found twice at once (a copy in another shard).
+Each entry's rows carry its key; per key the committer decides once:
 
 - the first copy of an item in this run is admitted: its rows go to the
   ``Collector`` (which keys items by id, so exactly one copy may reach it);
@@ -11,7 +11,9 @@ carry its key; per key the driver decides once:
   location (a duplicate or a skip), and the rest of that key's rows is dropped.
 
 Rows may arrive before their key's ``found`` row (blocks of one task pass
-through different encode actors); they wait here until it comes.
+through different encode actors); they wait here until it comes. One reading
+of a shard counts at a time (``attempt``): a shard is read once its current
+reading delivered every entry up to its end row.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ class Admission:
         self.admitted: dict[str, str] = {}  # item id → its key
         self.waiting: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.sources: set[str] = set()  # keys of shard-level records already reported
-        self.shards_read: set[str] = set()
+        self.shards_read: set[str] = set()  # every entry of the current reading came in
         self.readings: dict[str, str] = {}  # shard → the reading (attempt) whose rows count
         self.retired: set[str] = set()  # readings cut short (their task was retried)
+        self.seen: dict[str, set[str]] = defaultdict(set)  # shard → entry keys this reading
+        self.ends: dict[str, int] = {}  # shard → its entries, from this reading's end row
+        self.item_shard: dict[str, str] = {}  # item id → the shard it was admitted from
         self.decode_nodes: Counter[str] = Counter()  # node → entries it read or refused
         self.encode_nodes: Counter[str] = Counter()  # node → segments it encoded
 
@@ -77,15 +82,29 @@ class Admission:
         self.forget_unsettled(shard_ids)
         self.shards_read -= shard_ids
         for shard in shard_ids:
+            self.seen.pop(shard, None)
+            self.ends.pop(shard, None)
             if shard in self.readings:
                 self.retired.add(self.readings.pop(shard))
+
+    def _note_entry(self, key: str) -> None:
+        """A shard is read once its current reading delivered every entry up to its end
+        row: a retried reading may come in only from where the old one stopped, and the
+        entries it does not deliver are read again (``unsettled_shards``)."""
+        shard = shard_of(key)
+        if not key.endswith("/end"):
+            self.seen[shard].add(key)
+        if self.ends.get(shard) == len(self.seen[shard]):
+            self.shards_read.add(shard)
 
     # --- decisions -----------------------------------------------------------------------
     def _decide(self, row: dict[str, Any]) -> None:
         event = row["event"]
         if event == "shard":
-            self.shards_read.add(pickle.loads(row["blob"]).shard_id)
-        elif event == "source" and row["key"] not in self.sources:
+            self.ends[shard_of(row["key"])] = pickle.loads(row["blob"]).entries
+        if event in ("shard", "found", "source"):
+            self._note_entry(row["key"])
+        if event == "source" and row["key"] not in self.sources:
             self.sources.add(row["key"])
             self.decode_nodes[row["node"]] += 1
             self._source(pickle.loads(row["blob"]))
@@ -111,6 +130,7 @@ class Admission:
             self.collector.planned(PlannedEntry(Action.SKIP, entry=entry))
         else:
             self.keys[key], self.admitted[item.item_id] = item.item_id, key
+            self.item_shard[item.item_id] = shard_of(key)
             self.collector.begin(item)
 
     # --- routing -------------------------------------------------------------------------
@@ -149,19 +169,20 @@ class Admission:
 
     # --- lost work -----------------------------------------------------------------------
     def unsettled_shards(self) -> set[str]:
-        """Shards to read again: not read to the end, or holding an item not settled."""
-        open_items = {shard_of(self.admitted[i]) for i in self.collector.items
-                      if i in self.admitted}
+        """Shards holding an item not settled (admitted, or started over and not found
+        again yet), or rows whose entry never came."""
+        open_items = {self.item_shard[i] for i in self.collector.items if i in self.item_shard}
         return open_items | {shard_of(k) for k in self.waiting}
 
     def forget_unsettled(self, shard_ids: set[str]) -> None:
         """Before those shards are read again: their items in flight start over, and the
         rows of entries never admitted are dropped (they will come again)."""
-        for item_id in [i for i in self.collector.items if i in self.admitted]:
-            key = self.admitted[item_id]
-            if shard_of(key) in shard_ids:
-                self.collector.restart(item_id)
-                del self.admitted[item_id], self.keys[key]
+        for item_id in [i for i in self.collector.items
+                        if self.item_shard.get(i) in shard_ids]:
+            self.collector.restart(item_id)
+            key = self.admitted.pop(item_id, None)
+            if key is not None:
+                del self.keys[key]
         for key in [k for k in self.waiting if shard_of(k) in shard_ids]:
             del self.waiting[key]
 

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import socket
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,20 +40,33 @@ from embed_workers.report import ProgressMeter, RunReport
 from embed_workers.staging import Staging
 from ingest.plan import PlannedEntry
 from schemas.ledger import LedgerEntry
+from schemas.sink import HOLDER_ENV
 
 IN_FLIGHT = 4  # blocks handed to the committer and not yet committed, per driver
 RELEASE_WAIT_S = 60.0
 PLANNED_CHUNK = 10_000  # planned entries per call
+FOLLOW_POLL_S = 0.2
 
 
 class Committer:
     """Admission, collector and sink of one Ray run, in their own process."""
 
-    def __init__(self, opener: Any, ctx: RunContext, with_ledger: bool) -> None:
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx, self.sink = ctx, None
+
+    def open(self, opener: Any, with_ledger: bool, driver: tuple[int, str]) -> None:
+        """Open the lent store here (a method, not the constructor: its errors, such as a
+        store still locked, reach the driver as themselves). ``driver``: its pid and host;
+        on the driver's machine the committer ends with it, at once."""
+        pid, host = driver
+        os.environ[HOLDER_ENV] = f"mediabind committer of driver pid {pid} on {host}"
+        if host == socket.gethostname():
+            threading.Thread(target=_follow, args=(pid,), daemon=True,
+                             name="follow-driver").start()
         sink = opener()
         self.sink = sink
         ledger = sink.ledger() if with_ledger else None
-        self.ctx = dataclasses.replace(ctx, sink=LockedSink(sink), ledger=ledger)
+        self.ctx = dataclasses.replace(self.ctx, sink=LockedSink(sink), ledger=ledger)
         self.collector = Collector(self.ctx)
         self.admission = Admission(self.ctx, self.collector)
 
@@ -85,19 +102,39 @@ class Committer:
 
     def close(self) -> RunReport:
         """Settle everything, close the store; what this process recorded of the run."""
-        report = self.ctx.report
-        report.decode_nodes = dict(self.admission.decode_nodes)
-        report.encode_nodes = dict(self.admission.encode_nodes)
+        self.give_up("not settled when the run ended; the next run retries it")  # none, normally
+        self._count_nodes()
         try:
             self.collector.close()
         finally:
             self.sink.close()
-        return report
+        return self.ctx.report
 
-    def abandon(self) -> None:
-        """The run is stopping: let go of the store without settling anything more."""
-        self.collector.abandon()
-        self.sink.close()
+    def abandon(self) -> RunReport:
+        """The run is stopping: let go of the store without settling anything more (and
+        without building its index: the driver is waiting for it); what was recorded."""
+        if self.sink is not None:
+            self._count_nodes()
+            self.collector.abandon()
+            self.sink.close(optimize=False)
+        return self.ctx.report
+
+    def _count_nodes(self) -> None:
+        self.ctx.report.decode_nodes = dict(self.admission.decode_nodes)
+        self.ctx.report.encode_nodes = dict(self.admission.encode_nodes)
+
+
+def _follow(pid: int) -> None:
+    """End this process once the driver is gone: an embedded store's lock goes with it, so
+    the rerun gets the store at once (Ray would end the actor too, but later)."""
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            return
+        time.sleep(FOLLOW_POLL_S)
 
 
 class CommitterHandle:
@@ -140,12 +177,14 @@ class CommitterHandle:
 
     def release(self) -> None:
         """The committer lets go of the store (settling nothing more if not closed) and
-        ends, so the driver may open the store again."""
+        ends, so the driver may open the store again; a run that failed still reports
+        what the committer had stored."""
         self.pending.clear()
         if not self.closed:
-            # A dead committer's store went with its process.
+            # A dead committer's store went with its process, and its counts with it.
             with contextlib.suppress(Exception):
-                ray.get(self.actor.abandon.remote(), timeout=RELEASE_WAIT_S)
+                self.ctx.report.absorb(ray.get(self.actor.abandon.remote(),
+                                               timeout=RELEASE_WAIT_S))
         ray.kill(self.actor)
 
 
@@ -162,10 +201,11 @@ def committing(ctx: RunContext) -> Iterator[CommitterHandle]:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                               soft=False)
         actor = ray.remote(Committer).options(
-            num_cpus=0, scheduling_strategy=here, max_restarts=0).remote(
-            opener, portable(ctx), ctx.ledger is not None)
+            num_cpus=0, scheduling_strategy=here, max_restarts=0).remote(portable(ctx))
         handle = CommitterHandle(actor, ctx)
         try:
+            handle.call("open", opener, ctx.ledger is not None,
+                        (os.getpid(), socket.gethostname()))
             yield handle
         finally:
             handle.release()

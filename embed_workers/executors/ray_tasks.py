@@ -51,7 +51,7 @@ ROW_SCHEMA = pa.schema([
     ("item_id", pa.string()),
     ("modality", pa.string()),  # set for segments and for dropped (embed-rejected) segments
     ("duration_s", pa.float64()),
-    # the pickled record: Prepared (decode → actor), Segment metadata (actor → driver),
+    # the pickled record: Prepared (decode → actor), Segment metadata (actor → committer),
     # Rejected or ItemDecoded
     ("blob", pa.binary()),
     ("vector", pa.binary()),  # float32 bytes, after encoding

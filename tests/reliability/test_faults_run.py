@@ -40,7 +40,7 @@ PROGRESS = re.compile(r"(\d+)/\S+ items, (\d+) segments")
 
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory) -> Path:
-    """Enough items that the work queue is still being fed when a fault strikes."""
+    """Enough items that shards are still being read when a fault strikes."""
     return make_corpus(tmp_path_factory.mktemp("big") / "media", images=40, texts=8, seed=7)
 
 
@@ -59,7 +59,7 @@ def _kill_encode_worker_once_busy(deadline_s: float, settle_s: float = 0.5) -> i
     while time.monotonic() < end:
         busy = [p for p in _ray_processes(ENCODE_WORKER) if ".submit" in " ".join(p.cmdline())]
         if busy:
-            time.sleep(settle_s)  # let it take items from the work queue first
+            time.sleep(settle_s)  # let it take a block of inputs first
             busy[0].send_signal(signal.SIGKILL)
             return busy[0].pid
         time.sleep(0.1)
@@ -100,11 +100,9 @@ def killed_ray_run(ray_session, big_corpus, clean_layout, tmp_path_factory) -> K
         pid = _kill_encode_worker_once_busy(RUN_DEADLINE_S)
         run.join(RUN_DEADLINE_S)
         finished = not run.is_alive()
-        if not finished:  # unstick it: with its work queue gone, the decode tasks fail
-            for proc in _ray_processes("_QueueActor"):
-                proc.send_signal(signal.SIGKILL)
+        if not finished:  # a hang is what this test is here to catch: give it a last minute
             run.join(60)
-            assert not run.is_alive(), "the killed run could not be stopped"
+            assert not run.is_alive(), "the run hung after its encode worker was killed"
         killed_s = time.perf_counter() - started
         started = time.perf_counter()
         rerun = run_ingest(str(big_corpus), store, settings=settings, executor="ray")
