@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 
@@ -62,6 +63,19 @@ def test_missing_file(tmp_path):
         probe(tmp_path / "absent.mp4")
 
 
-def test_timeout_is_reported(media):
+def test_timeout_is_reported(media, tmp_path):
+    fresh = tmp_path / "never_probed.mp4"  # a file probed before gets the kept answer
+    shutil.copyfile(media.get("colour_mp4"), fresh)
     with pytest.raises(ProbeError, match="timed out"):
-        probe(media.get("colour_mp4"), timeout_s=1e-4)
+        probe(fresh, timeout_s=1e-4)
+
+
+def test_a_file_is_probed_once_until_it_changes(media, tmp_path):
+    from ingest import probe as probing
+
+    path = tmp_path / "clip.mp4"
+    shutil.copyfile(media.get("colour_mp4"), path)
+    first = probe(path)
+    assert probe(path) == first and probing.launches[str(path)] == 1
+    shutil.copyfile(media.get("colour_mkv"), path)  # other bytes at the same path
+    assert probe(path).format_name != first.format_name and probing.launches[str(path)] == 2

@@ -165,7 +165,7 @@ def kept_index(archive: str, listed: ListedMember, settings: Settings,
     """The archive's member index: the one kept under ``HOME/indexes`` when it describes
     the version listed now, else built and, when complete, kept for the next plan (a
     run cut short, or a rerun with members left to retry, does not index it again)."""
-    from ingest.member_index import read_index, write_index
+    from ingest.member_index import read_index
 
     path = kept_index_path(archive, settings)
     if path.is_file():
@@ -178,15 +178,37 @@ def kept_index(archive: str, listed: ListedMember, settings: Settings,
             return kept
     index = build()
     if index.stopped_reason is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        write_index(index, str(temporary))
-        os.replace(temporary, path)
+        _keep(index, path)
     return index
 
 
+def _keep(index: Any, path: Path) -> None:
+    """Best effort: a HOME that cannot take the file costs the next plan an indexing."""
+    import logging
+    import tempfile
+
+    from ingest.member_index import write_index
+
+    temporary: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            temporary = Path(tmp.name)
+        write_index(index, str(temporary))
+        os.replace(temporary, path)
+    except OSError as exc:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        logging.getLogger(__name__).warning("could not keep the member index of %s at %s "
+                                            "(%s); the next plan indexes it again",
+                                            index.uri, path, exc)
+
+
 def kept_index_path(archive: str, settings: Settings) -> Path:
-    return settings.home / "indexes" / f"{source_key(archive)}.parquet"
+    """Per archive and per limits that shape the index (its members' verdicts, its end)."""
+    limits = hashlib.sha256(f"{settings.max_members}|{settings.max_compression_ratio}"
+                            .encode()).hexdigest()[:8]
+    return settings.home / "indexes" / f"{source_key(archive)}-{limits}.parquet"
 
 
 def splittable(archive: str) -> bool:
