@@ -25,6 +25,7 @@ from embed_workers.executors import preset_model_id
 from embed_workers.model.tokenizer import count_tokens
 from ingest.decode import decode_item
 from schemas import (
+    FILE_LEVEL_INDEX,
     EmbeddingRecord,
     Kind,
     MediaItem,
@@ -114,6 +115,21 @@ def all_points(store: VectorStore) -> dict[str, dict[str, Any]]:
     return {p.id: p.payload for p in store.scroll(None, limit=1_000_000)}
 
 
+def completing(payloads) -> list[dict[str, Any]]:
+    """The points that mark items complete: file-level points, and the one point of an
+    item of one segment (``whole``)."""
+    return [p for p in payloads if p["segment_index"] == FILE_LEVEL_INDEX or p.get("whole")]
+
+
+def whole_items_are_the_single_segment_ones(payloads) -> bool:
+    """An item is one point marked whole exactly when it has one segment in all."""
+    payloads = list(payloads)
+    per_item = Counter(p["item_id"] for p in payloads if p["segment_index"] != FILE_LEVEL_INDEX)
+    whole = [p["item_id"] for p in payloads if p.get("whole")]
+    return len(whole) == len(set(whole)) and set(whole) == {
+        i for i, n in per_item.items() if n == 1}
+
+
 def vectors(store: VectorStore, ids: Sequence[str]) -> dict[str, np.ndarray]:
     return {p.id: np.asarray(p.vector) for p in store.retrieve(list(ids), with_vectors=True)}
 
@@ -142,8 +158,8 @@ class FailingSink:
     def ledger(self):
         return self.store.ledger()
 
-    def close(self) -> None:
-        self.store.close()
+    def close(self, **options) -> None:
+        self.store.close(**options)
 
     @contextmanager
     def lend(self):

@@ -13,6 +13,7 @@ from pipeline_helpers import (
     GOOD_FILES,
     FailingSink,
     all_points,
+    completing,
     expected_segments,
     make_archive,
     make_media,
@@ -20,6 +21,7 @@ from pipeline_helpers import (
     settings_for,
     sha256,
     vectors,
+    whole_items_are_the_single_segment_ones,
 )
 
 from embed_workers.pipeline import run_ingest
@@ -53,7 +55,10 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
                            if p["segment_index"] != FILE_LEVEL_INDEX)
         assert segments == expected == report.segments_written
         file_level = [p for p in points.values() if p["segment_index"] == FILE_LEVEL_INDEX]
-        assert {p["item_id"] for p in file_level} == {sha256(folder / m) for m in GOOD_FILES}
+        assert {p["item_id"] for p in completing(points.values())} == {
+            sha256(folder / m) for m in GOOD_FILES}
+        # an image is one point (segment and file); a video, its segments and their means
+        assert whole_items_are_the_single_segment_ones(points.values())
         assert _modality_counts(points) == expected + Counter(p["modality"] for p in file_level)
         assert store.count() == len(points) == report.points_written
         # The corrupt file is reported, and none of it is stored.

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_helpers import open_ready_store, settings_for
+from pipeline_helpers import completing, open_ready_store, settings_for
 
 from embed_workers.pipeline import run_ingest
 from flows.run import start_run
-from schemas import FILE_LEVEL_INDEX
 from search.store import open_store
 
 ray = pytest.importorskip("ray")
@@ -97,8 +96,8 @@ def test_shards_are_read_decoded_and_encoded_on_worker_nodes_only(cluster, tmp_p
     assert set(report.encode_nodes) <= worker_ids and report.encode_nodes
     assert report.source_bytes_read >= 16 * BLOB_BYTES  # the workers read them
     assert driver_read < total // 20
-    file_level = [p for p in points if p.payload["segment_index"] == FILE_LEVEL_INDEX]
-    assert len(points) == 32 and len(file_level) == 16  # every point once
+    # 12 one-line notes and 4 photos: one segment each, so one point each, once
+    assert len(points) == 16 and len(completing(p.payload for p in points)) == 16
 
 
 def test_the_same_bytes_in_two_shards_are_one_item_with_both_paths(cluster, tmp_path):
@@ -246,7 +245,7 @@ def test_a_killed_worker_node_leaves_every_point_once_and_a_smaller_cluster_work
     assert report.items_completed == 120 and report.rejected == []
     keys = [(p.payload["item_id"], p.payload["modality"], p.payload["segment_index"])
             for p in points]
-    assert len(keys) == len(set(keys)) == 240  # every point once, counted in the store
+    assert len(keys) == len(set(keys)) == 120  # one point per note or photo, counted once
     with open_store(settings) as store:
         audit = store.ledger().audit()
     assert audit.agrees and audit.items == 120, audit.describe()
@@ -255,7 +254,7 @@ def test_a_killed_worker_node_leaves_every_point_once_and_a_smaller_cluster_work
     with open_ready_store(fresh) as store:  # one worker node left: the pools fit it
         again = run_ingest(str(folder), store, settings=fresh, executor="ray",
                            ledger=store.ledger())
-        assert again.items_completed == 120 and store.count() == 240
+        assert again.items_completed == 120 and store.count() == 120
 
 
 
@@ -342,4 +341,4 @@ def test_a_killed_driver_leaves_staged_work_the_rerun_commits_without_encoding(
     with open_store(settings) as store:
         audit = store.ledger().audit()
         assert audit.agrees and audit.items == count, audit.describe()
-        assert store.count() == 2 * count
+        assert store.count() == count  # one point per photo
