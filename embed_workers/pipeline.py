@@ -382,7 +382,8 @@ class RecordBuilder:
     @staticmethod
     def whole_record(segment: EmbeddingRecord) -> EmbeddingRecord:
         """The one segment of an item as the item's one point: segment and file at once."""
-        return EmbeddingRecord(segment.point_id, segment.vector, segment.payload | {"whole": True})
+        # 1, not True: qdrant-edge matches no boolean payload value
+        return EmbeddingRecord(segment.point_id, segment.vector, segment.payload | {"whole": 1})
 
     def _id(self, item: MediaItem, modality: Modality | str, index: int) -> str:
         from schemas import point_id

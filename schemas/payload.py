@@ -52,7 +52,7 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
 # The points whose presence says an item is complete (filter form, ``search.filters``):
 # its file-level points, or the one point of a single-segment item, which is segment
 # and file at once (``SegmentPolicy.one_point``; payload ``whole``).
-COMPLETING_POINTS: dict = {"not": {"segment_index": {"gte": 0}, "not": {"whole": True}}}
+COMPLETING_POINTS: dict = {"not": {"segment_index": {"gte": 0}, "not": {"whole": 1}}}
 
 
 @dataclass(frozen=True, slots=True)

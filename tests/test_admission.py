@@ -80,11 +80,11 @@ def feed(admission: Admission, *rows: dict) -> None:
 
 
 def stored(sink: ListSink) -> list[tuple[int, bool]]:
-    return sorted((r.payload["segment_index"], r.payload.get("whole", False))
+    return sorted((r.payload["segment_index"], r.payload.get("whole", 0))
                   for r in sink.records)
 
 
-ONE_POINT = [(0, True)]  # one segment in all: the item's one point
+ONE_POINT = [(0, 1)]  # one segment in all: the item's one point
 
 
 def test_a_retried_reading_replaces_one_cut_short_and_its_late_rows_are_dropped(admitted):

@@ -24,7 +24,7 @@ from store_helpers import (
     settings_for,
 )
 
-from schemas import PointSink, collection_name
+from schemas import EmbeddingRecord, PointSink, collection_name
 from search.store import VectorStore, open_store
 
 
@@ -176,13 +176,19 @@ def test_list_items_and_counts_per_modality(store: VectorStore, model: str) -> N
     assert store.count_by_modality() == {"audio": 2, "text": 1, "vision": 1}
 
 
-def test_completed_items_need_the_file_level_point(store: VectorStore, model: str) -> None:
+def test_completed_items_need_the_file_level_point_or_the_whole_one(store: VectorStore,
+                                                                     model: str) -> None:
     rng = np.random.default_rng(3)
+    whole = record("photo", 0, random_unit(rng), model_id=model)
     store.write([record("done", 0, random_unit(rng), model_id=model),
                  file_level("done", random_unit(rng), model_id=model),
-                 record("half", 0, random_unit(rng), model_id=model)])
-    assert store.completed_items(["done", "half", "never"]) == {"done"}
+                 record("half", 0, random_unit(rng), model_id=model),
+                 EmbeddingRecord(whole.point_id, whole.vector, whole.payload | {"whole": 1})])
+    assert store.completed_items(["done", "half", "photo", "never"]) == {"done", "photo"}
     assert store.completed_items([]) == set()
+    store.add_locations("photo", ["/elsewhere/photo"])  # read from its one point
+    assert store.retrieve([whole.point_id])[0].payload["source_uri"] == [
+        "/data/a/photo", "/elsewhere/photo"]
 
 
 def test_add_locations_unions_paths_on_every_point(store: VectorStore, model: str) -> None:
