@@ -114,7 +114,7 @@ def test_ingest_rerun_and_reembed(home, archive):
     assert result["old"] == first["collection"] and result["new"] == new
     with open_store(settings) as store:
         info = store.collection_info()
-        assert info["physical"] == new and info["policy"] == "w1s1c3"
+        assert info["physical"] == new and info["policy"] == "w1s1c3u"
         assert store.backend.collection_exists(first["collection"])  # kept for rollback
     reembedded = stored()
     assert set(reembedded) == set(items)

@@ -65,7 +65,8 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
         assert [r.uri.endswith(CORRUPT) for r in report.rejected] == [True]
         assert sha256(folder / CORRUPT) not in {p["item_id"] for p in points.values()}
         # The duplicate is one item that knows both paths.
-        red = [p for p in file_level if p["item_id"] == sha256(folder / DUPLICATE)]
+        red = [p for p in completing(points.values())
+               if p["item_id"] == sha256(folder / DUPLICATE)]
         assert sorted(u.split("!/")[1] for u in red[0]["source_uri"]) == [DUPLICATE,
                                                                            "images/red.png"]
         assert report.items_duplicate == 1 and report.items_completed == len(GOOD_FILES)
@@ -184,8 +185,8 @@ def test_a_process_killed_midway_resumes(archive, tmp_path) -> None:
         segments = Counter(p["modality"] for p in points.values()
                            if p["segment_index"] != FILE_LEVEL_INDEX)
         assert segments == expected_segments(folder, settings)
-        file_level = {p["item_id"] for p in points.values() if p["segment_index"] == FILE_LEVEL_INDEX}
-        assert file_level == {sha256(folder / m) for m in GOOD_FILES}
+        complete = {p["item_id"] for p in completing(points.values())}
+        assert complete == {sha256(folder / m) for m in GOOD_FILES}
 
 
 def test_a_file_moved_between_runs_keeps_its_points_and_gains_its_new_path(tmp_path) -> None:

@@ -118,7 +118,7 @@ def test_the_same_bytes_in_two_shards_are_one_item_with_both_paths(cluster, tmp_
     [shared] = [r for r in rows if len(r["source_uri"]) > 1]
     assert sorted(shared["source_uri"]) == [str(folder / n) for n in
                                             ("a.txt", "b.txt", "c.txt", "d.txt")]
-    assert shared["n_points"] == 2 and sum(r["n_points"] for r in rows) == 4
+    assert shared["n_points"] == 1 and sum(r["n_points"] for r in rows) == 2  # one point each
     assert again.items_unchanged == 5 and again.source_bytes_read == 0
 
 

@@ -1,7 +1,7 @@
 """Fixtures for the fault and load tests: a small corpus, a counting encoder, one Ray, figures.
 
 The corpus is images and short texts only (one segment each, so every item is
-exactly two points: its segment and its file-level point): the faults are
+exactly one point, segment and file at once): the faults are
 about the pipeline and the store, not about decoding, and a small corpus keeps
 the whole suite inside its time budget on two cores.
 
@@ -39,7 +39,7 @@ from embed_workers.pipeline import run_ingest
 from schemas import FILE_LEVEL_INDEX
 from search.store import VectorStore
 
-POINTS_PER_ITEM = 2  # one segment + one file-level point (images and short texts)
+POINTS_PER_ITEM = 1  # an image or a short text is one segment: one point, marked whole
 Key = tuple[str, str, int]  # (item_id, modality, segment_index): one point of one item
 
 
@@ -186,9 +186,9 @@ def clean_layout(shared_encoder: CountingEncoder,
         assert n == 1, "the clean reference stored a point twice"
         shapes[suffix[item]].add((modality, segment))
     assert set(shapes) == {".png", ".txt"}
-    for shape in shapes.values():  # the corpus's promise: one segment + one file-level point
+    for shape in shapes.values():  # the corpus's promise: one segment, stored as one point
         assert len(shape) == POINTS_PER_ITEM
-        assert sum(1 for _, s in shape if s == FILE_LEVEL_INDEX) == 1
+        assert not any(s == FILE_LEVEL_INDEX for _, s in shape)
     return Layout({k: frozenset(v) for k, v in shapes.items()})
 
 

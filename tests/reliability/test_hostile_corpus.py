@@ -38,10 +38,10 @@ from hostile import (
     wav_header_only,
     zip_bomb,
 )
-from pipeline_helpers import all_points, open_ready_store, settings_for
+from pipeline_helpers import all_points, completing, open_ready_store, settings_for
 
 from embed_workers.pipeline import run_ingest
-from schemas import FILE_LEVEL_INDEX, Settings
+from schemas import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -171,9 +171,8 @@ def settings_here(home: Path, **overrides) -> Settings:
 
 
 def item_ids(store) -> dict[str, str]:
-    """item_id -> source_uri (first) of every file-level point."""
-    return {p["item_id"]: p["source_uri"][0] for p in all_points(store).values()
-            if p["segment_index"] == FILE_LEVEL_INDEX}
+    """item_id -> source_uri (first) of every completed item (its completing point)."""
+    return {p["item_id"]: p["source_uri"][0] for p in completing(all_points(store).values())}
 
 
 def stored_members(store) -> set[str]:
