@@ -134,6 +134,23 @@ def vectors(store: VectorStore, ids: Sequence[str]) -> dict[str, np.ndarray]:
     return {p.id: np.asarray(p.vector) for p in store.retrieve(list(ids), with_vectors=True)}
 
 
+class ListSink:
+    """A sink that keeps what it is given in lists (the collector's own tests)."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+        self.locations: list = []
+
+    def write(self, records) -> None:
+        self.records.extend(records)
+
+    def completed_items(self, item_ids) -> set[str]:
+        return set()
+
+    def add_locations(self, item_id, source_uris) -> None:
+        self.locations.append((item_id, list(source_uris)))
+
+
 class FailingSink:
     """The real store, cut off after ``allowed`` write calls (a crash at that moment)."""
 

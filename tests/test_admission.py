@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from pipeline_helpers import ListSink
 
 from embed_workers.executors import make_context
 from embed_workers.executors.collect import Collector
@@ -17,20 +18,6 @@ from embed_workers.executors.ray_admit import Admission
 from embed_workers.executors.ray_tasks import ROW_SCHEMA, Found, ShardRead, row_for
 from embed_workers.pipeline import ItemDecoded, ItemStarted
 from schemas import Kind, MediaItem, Modality, Segment, Settings
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def write(self, records) -> None:
-        self.records.extend(records)
-
-    def completed_items(self, item_ids) -> set[str]:
-        return set()
-
-    def add_locations(self, item_id, source_uris) -> None:
-        pass
 
 
 @pytest.fixture

@@ -6,27 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipeline_helpers import ListSink
 
 from embed_workers.executors import make_context
 from embed_workers.executors.collect import Collector
 from embed_workers.pipeline import ItemDecoded, ItemStarted
 from embed_workers.report import Outcome
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, Settings, Stage
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list = []
-        self.locations: list = []
-
-    def write(self, records) -> None:
-        self.records.extend(records)
-
-    def completed_items(self, item_ids) -> set[str]:
-        return set()
-
-    def add_locations(self, item_id, source_uris) -> None:
-        self.locations.append((item_id, list(source_uris)))
 
 
 @pytest.fixture
