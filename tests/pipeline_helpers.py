@@ -151,6 +151,17 @@ class ListSink:
         self.locations.append((item_id, list(source_uris)))
 
 
+def list_context(home: Path, executor: str = "local") -> tuple[Any, ListSink]:
+    """A run's context over a ``ListSink`` (tiny preset, no ledger), and that sink."""
+    from embed_workers.executors import make_context
+
+    sink = ListSink()
+    ctx = make_context(str(home), sink, settings=Settings(home=home, preset=PRESET),
+                       executor=executor, encoder=None, run_id="r1", manifest=None,
+                       progress=None)
+    return ctx, sink
+
+
 class FailingSink:
     """The real store, cut off after ``allowed`` write calls (a crash at that moment)."""
 

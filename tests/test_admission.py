@@ -10,22 +10,18 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from pipeline_helpers import ListSink
+from pipeline_helpers import ListSink, list_context
 
-from embed_workers.executors import make_context
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.ray_admit import Admission
 from embed_workers.executors.ray_tasks import ROW_SCHEMA, Found, ShardRead, row_for
 from embed_workers.pipeline import ItemDecoded, ItemStarted
-from schemas import Kind, MediaItem, Modality, Segment, Settings
+from schemas import Kind, MediaItem, Modality, Segment
 
 
 @pytest.fixture
 def admitted(tmp_path):
-    sink = ListSink()
-    settings = Settings(home=tmp_path, preset="imagebind_tiny")
-    ctx = make_context(str(tmp_path), sink, settings=settings, executor="ray", encoder=None,
-                       run_id="r1", manifest=None, progress=None)
+    ctx, sink = list_context(tmp_path, "ray")
     collector = Collector(ctx)
     return Admission(ctx, collector), collector, sink
 
@@ -66,7 +62,7 @@ def feed(admission: Admission, *rows: dict) -> None:
     admission.handle(pa.Table.from_pylist(list(rows), schema=ROW_SCHEMA))
 
 
-def stored(sink: ListSink) -> list[tuple[int, bool]]:
+def stored(sink: ListSink) -> list[tuple[int, int]]:
     return sorted((r.payload["segment_index"], r.payload.get("whole", 0))
                   for r in sink.records)
 

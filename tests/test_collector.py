@@ -6,21 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_helpers import ListSink
+from pipeline_helpers import list_context
 
-from embed_workers.executors import make_context
 from embed_workers.executors.collect import Collector
 from embed_workers.pipeline import ItemDecoded, ItemStarted
 from embed_workers.report import Outcome
-from schemas import Kind, MediaItem, Modality, Rejected, Segment, Settings, Stage
+from schemas import Kind, MediaItem, Modality, Rejected, Segment, Stage
 
 
 @pytest.fixture
 def collector(tmp_path):
-    sink = ListSink()
-    settings = Settings(home=tmp_path, preset="imagebind_tiny")
-    ctx = make_context(str(tmp_path), sink, settings=settings, executor="local", encoder=None,
-                       run_id="r1", manifest=None, progress=None)
+    ctx, sink = list_context(tmp_path)
     return Collector(ctx), sink
 
 
