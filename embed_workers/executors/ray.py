@@ -2,10 +2,11 @@
 pool, committed by one actor.
 
     driver: plan (list the source, anti-join the ledger, cut shards: no content read)
-        ─► one read task per shard, on any node (CPU; Ray Data retries one whose worker
-           died): read the shard's members straight from the source, hash, probe,
-           decode, preprocess (``ray_tasks``); blocks of model tensors per modality,
-           every row keyed by its entry and its reading
+        ─► read tasks of a few shards each, on any node (CPU; Ray Data retries one whose
+           worker died, and it reads its shards anew): read each shard's members
+           straight from the source, hash, probe, decode, preprocess (``ray_tasks``);
+           blocks of model tensors per modality, every row keyed by its entry and its
+           reading
         ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=1, max_size=N))
            (model built once per actor; the pool grows with the cluster and runs on
            what exists; it only stacks the tensors and runs the model), which stages
@@ -83,6 +84,7 @@ CLUSTER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError
                     ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                     ray.exceptions.LocalRayletDiedError, ray.exceptions.RaySystemError)
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
+READ_TASKS_PER_WORKER = 1  # groups of shards per decode worker (ray_tasks.ShardDatasource)
 
 
 # --- Ray lifecycle ------------------------------------------------------------------------
@@ -371,10 +373,12 @@ def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
     # pool says DEFAULT: with args it could merge, Ray Data would fuse the reads into
     # the encode actors, and decode would run only where they do. (Ray 2.60 warns that
     # such free remote args go in 2.64; it names no replacement for the strategy yet.)
-    # One read task per shard, at most decode_workers at once.
+    # decode_workers × READ_TASKS_PER_WORKER read tasks of a few shards each, at most
+    # decode_workers at once.
+    source = ShardDatasource(shards, job, settings.decode_workers * READ_TASKS_PER_WORKER)
     ds = ray.data.read_datasource(
-        ShardDatasource(shards, job), override_num_blocks=len(shards),
-        concurrency=min(settings.decode_workers, len(shards)), num_cpus=decode_cpu,
+        source, override_num_blocks=len(source.groups),
+        concurrency=min(settings.decode_workers, len(source.groups)), num_cpus=decode_cpu,
         scheduling_strategy="SPREAD")
     # min 1: a run starts on a cluster smaller than encode_actors (say, after a node
     # was lost) instead of waiting for actors that cannot be placed; max: the pool

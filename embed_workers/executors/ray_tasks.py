@@ -1,7 +1,7 @@
-"""Ray decode tasks: one per shard of the plan → blocks of prepared model inputs.
+"""Ray decode tasks: a few shards of the plan each → blocks of prepared model inputs.
 
-Each read task gets one shard (``ingest.shards.Shard``: plain data, no bytes)
-and reads it where it runs (``ingest.sources.iter_shard``:
+Each read task gets a fixed group of shards (``ingest.shards.Shard``: plain
+data, no bytes) and reads them one after another where it runs (``ingest.sources.iter_shard``:
 the members straight from the source, safety checks, spool + sha256, kind),
 decodes and preprocesses each entry (``decode_events`` then
 ``prepare_events``), and yields pyarrow blocks of rows per modality; markers
@@ -96,12 +96,20 @@ class DecodeJob:
 
 
 class ShardDatasource(Datasource):
-    """One read task per shard: Ray Data schedules them over the cluster as CPUs free up,
-    and retries one whose worker or node died (it reads its shard again, anew)."""
+    """Read tasks that each read a fixed group of the plan's shards, one after another.
 
-    def __init__(self, shards: Sequence[Shard], job: ray.ObjectRef) -> None:
+    ``tasks`` groups, shards dealt round-robin. Ray retries a task whose worker or
+    node died, and the retry reads its shards again, each anew. Not one task per
+    shard: a Ray worker left idle between short tasks is ended after a second, and
+    the next task pays a new process with its imports (measured with
+    benchmarks/scale.py: two nodes ran at 0.41x one node with a task per shard).
+    """
+
+    def __init__(self, shards: Sequence[Shard], job: ray.ObjectRef, tasks: int) -> None:
         super().__init__()
-        self.shards, self.job = list(shards), job  # the job once in the object store
+        self.job = job  # the job once in the object store
+        count = max(1, min(tasks, len(shards)))
+        self.groups = [list(shards[i::count]) for i in range(count)]
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -110,20 +118,22 @@ class ShardDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
         job = self.job
-        return [ReadTask(lambda s=shard: decode_shard(s, job), meta, schema=ROW_SCHEMA)
-                for shard in self.shards]
+        return [ReadTask(lambda g=group: decode_shards(g, job), meta, schema=ROW_SCHEMA)
+                for group in self.groups]
 
 
-def decode_shard(shard: Shard, job_ref: ray.ObjectRef) -> Iterator[pa.Table]:
-    """One read task: its shard → blocks of prepared inputs of one modality (plus markers);
+def decode_shards(shards: list[Shard], job_ref: ray.ObjectRef) -> Iterator[pa.Table]:
+    """One read task: its shards → blocks of prepared inputs of one modality (plus markers);
     reading, decoding and preprocessing all run here. Each reading of a shard has its
     own ``attempt``, so rows of a reading cut short never mix with a later one's."""
     job: DecodeJob = ray.get(job_ref)
     blocks = _BlockBuilder(ray.get_runtime_context().get_node_id(), job.batch_views)
-    blocks.attempt = uuid.uuid4().hex
-    for key, event in shard_events(shard, job, count_tokens_fn()):
-        yield from blocks.add(key, event)
-        yield from blocks.due()
+    count_tokens = count_tokens_fn()
+    for shard in shards:
+        blocks.attempt = uuid.uuid4().hex
+        for key, event in shard_events(shard, job, count_tokens):
+            yield from blocks.add(key, event)
+            yield from blocks.due()
     yield from blocks.drain()
 
 
