@@ -31,7 +31,7 @@ from hostile import (
     zip_with_corrupt_member,
 )
 
-from ingest.sources import kept_index_path
+from ingest.sources import iter_source, kept_index_path
 from schemas import Kind, Settings, Stage
 
 GOOD = {"a.txt": b"alpha", "img/b.png": image_bytes("PNG"), "c.md": b"# gamma"}
@@ -341,3 +341,20 @@ def test_tar_with_unsupported_entry_type(tmp_path, settings):
         archive.addfile(info)
     run = run_source(tmp_path / "a.tar", settings)
     assert run.entries == [] and len(run.rejected) == 1
+
+
+@pytest.mark.parametrize("inner", [b"\x00", bytes(tarfile.BLOCKSIZE * 2)],
+                         ids=["one-zero-byte", "end-marker-only"])
+def test_an_archive_with_no_members_is_a_rejection_not_a_silence(tmp_path, settings, inner):
+    """Found by the fuzzer: a nested tar that holds nothing yielded neither an entry nor
+    a rejection, so its bytes vanished from the report."""
+    import io
+
+    outer = tmp_path / "outer.tar"
+    with tarfile.open(outer, "w") as tf:
+        info = tarfile.TarInfo("inner.tar")
+        info.size = len(inner)
+        tf.addfile(info, io.BytesIO(inner))
+    records = list(iter_source(outer, settings))
+    assert [(r.uri, r.reason) for r in records] == [
+        (f"{outer}!/inner.tar", "an archive with no members: nothing in it to ingest")]

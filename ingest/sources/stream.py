@@ -168,6 +168,10 @@ def follow_nested(state: RunState, raw: RawMember, member: str, depth: int,
                 local.unlink(missing_ok=True)
     finally:
         state.budget = outer
+    if complete and counted.n == 0:  # its bytes would vanish unreported
+        yield Rejected("", state.uri(member), Stage.SOURCE,
+                       "an archive with no members: nothing in it to ingest",
+                       size=raw.size, mtime=raw.mtime)
     if listed:
         yield ContainerEnd(listed_member(state.uri(member), raw), counted.n, complete)
 
