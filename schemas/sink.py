@@ -11,6 +11,8 @@ yielding a picklable zero-argument opener that opens the same sink (with
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +22,17 @@ from schemas.records import EmbeddingRecord
 # (``search.backends.lock``): a Ray run's committer names its driver there, so a
 # rerun after the driver died waits for the committer to go instead of failing.
 HOLDER_ENV = "MEDIABIND_STORE_HOLDER"
+
+
+def pid_space() -> str:
+    """Where a pid names one process: the host name and, on Linux, the pid namespace
+    (two containers may share a host name, never a pid namespace). Two processes may
+    test each other's pids for life only when their ``pid_space()`` is equal."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace.removeprefix('pid:[').rstrip(']')}"
 
 
 @runtime_checkable

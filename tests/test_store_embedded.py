@@ -3,6 +3,7 @@ retries, backend choice and the server's handling of its API key."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,61 @@ def test_second_process_gets_a_clear_error(backend: str, tmp_path) -> None:
     finally:
         holder.communicate("done\n", timeout=30)
     open_store(settings_for(backend, tmp_path)).close()  # released when the holder exits
+
+
+COMMITTER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from search.backends.lock import DirLock
+    lock = DirLock(Path(sys.argv[1]))
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[2]))  # a committer on its way out after its driver died
+""")
+
+
+def _hold_as_committer(folder, driver: str, hold_s: float) -> subprocess.Popen:
+    from schemas.sink import HOLDER_ENV
+
+    env = {**os.environ, HOLDER_ENV: f"mediabind committer of driver pid {driver}"}
+    holder = subprocess.Popen([sys.executable, "-c", COMMITTER, str(folder), str(hold_s)],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+def _a_dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_a_committer_whose_driver_died_is_waited_for(tmp_path) -> None:
+    from schemas.sink import pid_space
+    from search.backends.lock import DirLock
+
+    holder = _hold_as_committer(tmp_path, f"{_a_dead_pid()} on {pid_space()}", 2.0)
+    try:
+        DirLock(tmp_path).release()  # waited until the holder let go, then took the lock
+        assert holder.poll() is not None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_driver_in_another_pid_space_is_not_judged_dead_from_here(tmp_path) -> None:
+    from schemas.sink import pid_space
+    from search.backends.lock import DirLock
+
+    # The same host name, another pid namespace: that pid says nothing about the driver.
+    elsewhere = f"{pid_space().split('/')[0]}/4026530000"
+    holder = _hold_as_committer(tmp_path, f"{_a_dead_pid()} on {elsewhere}", 60.0)
+    try:
+        with pytest.raises(StoreLockedError, match="committer of driver"):
+            DirLock(tmp_path)
+        assert holder.poll() is None  # refused at once, not after the holder left
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("backend", EMBEDDED_PARAMS)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -40,7 +39,7 @@ from embed_workers.report import ProgressMeter, RunReport
 from embed_workers.staging import Staging
 from ingest.plan import PlannedEntry
 from schemas.ledger import LedgerEntry
-from schemas.sink import HOLDER_ENV
+from schemas.sink import HOLDER_ENV, pid_space
 
 IN_FLIGHT = 4  # blocks handed to the committer and not yet committed, per driver
 RELEASE_WAIT_S = 60.0
@@ -56,11 +55,12 @@ class Committer:
 
     def open(self, opener: Any, with_ledger: bool, driver: tuple[int, str]) -> None:
         """Open the lent store here (a method, not the constructor: its errors, such as a
-        store still locked, reach the driver as themselves). ``driver``: its pid and host;
-        on the driver's machine the committer ends with it, at once."""
-        pid, host = driver
-        os.environ[HOLDER_ENV] = f"mediabind committer of driver pid {pid} on {host}"
-        if host == socket.gethostname():
+        store still locked, reach the driver as themselves). ``driver``: its pid and
+        ``pid_space()``; where that pid names the driver, the committer ends with it, at
+        once."""
+        pid, space = driver
+        os.environ[HOLDER_ENV] = f"mediabind committer of driver pid {pid} on {space}"
+        if space == pid_space():
             threading.Thread(target=_follow, args=(pid,), daemon=True,
                              name="follow-driver").start()
         sink = opener()
@@ -205,7 +205,7 @@ def committing(ctx: RunContext) -> Iterator[CommitterHandle]:
         handle = CommitterHandle(actor, ctx)
         try:
             handle.call("open", opener, ctx.ledger is not None,
-                        (os.getpid(), socket.gethostname()))
+                        (os.getpid(), pid_space()))
             yield handle
         finally:
             handle.release()

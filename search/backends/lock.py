@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from schemas.sink import HOLDER_ENV
+from schemas.sink import HOLDER_ENV, pid_space
 
 LOCK_NAME = ".mediabind.lock"
 ORPHAN_WAIT_S = 30.0
@@ -27,10 +27,10 @@ class StoreLockedError(RuntimeError):
 
 
 def _orphaned(holder: str) -> bool:
-    """The holder is a Ray run's committer (``HOLDER_ENV``) whose driver on this machine
-    is gone: it lets go within moments (it follows its driver out)."""
+    """The holder is a Ray run's committer (``HOLDER_ENV``) whose driver, in this pid
+    space, is gone: it lets go within moments (it follows its driver out)."""
     found = ORPHAN.search(holder)
-    if found is None or found.group(2) != socket.gethostname():
+    if found is None or found.group(2) != pid_space():
         return False
     try:
         os.kill(int(found.group(1)), 0)
