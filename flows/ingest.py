@@ -107,7 +107,7 @@ def finalise_stage(source: str, paths: Mapping[str, str]) -> dict[str, Any]:
 def summarise(report: Mapping[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
     keys = ("source", "run_id", "model_id", "policy", "items_seen", "items_completed",
             "items_skipped", "items_duplicate", "items_unchanged", "items_rejected",
-            "points_written", "source_bytes_read")
+            "points_written", "source_bytes_read", "notes")
     return {**{k: report[k] for k in keys}, "collection": paths["collection"],
             "alias": paths["alias"], "report": paths["report"]}
 
@@ -202,8 +202,9 @@ def swap_stage(overrides: Overrides, new_physical: str, drop_old: bool) -> dict[
 @flow(name="reembed", log_prints=True)
 def reembed(collection: str | None = None, preset: str | None = None,
             segment_s: float | None = None, stride_s: float | None = None,
-            video_crops: int | None = None, executor: str = "local",
-            drop_old: bool = False, force: bool = False) -> dict[str, Any]:
+            video_crops: int | None = None, one_point_items: bool = True,
+            executor: str = "local", drop_old: bool = False,
+            force: bool = False) -> dict[str, Any]:
     """Blue/green re-embed: re-ingest every source of the current collection into the
     collection of another model or segment policy, then swap the alias to it.
 
@@ -211,10 +212,13 @@ def reembed(collection: str | None = None, preset: str | None = None,
     ``ingest_archive``). The alias is swapped only when every item complete in the
     current collection is complete in the new one (``force=True`` swaps anyway).
     The old collection stays (searchable again by swapping back) unless ``drop_old``.
+    ``one_point_items``: the new collection's point layout (one point per
+    single-segment item, the default; so ``reembed()`` with no other argument moves
+    a collection of the earlier layout over).
     """
     base = {"collection": collection, "executor": executor}
     target = {**base, "preset": preset, "segment_s": segment_s, "stride_s": stride_s,
-              "video_crops": video_crops}
+              "video_crops": video_crops, "one_point_items": one_point_items}
     current = inventory_stage(base)
     new_physical = planned_collection(target)
     manifests = source_manifests(settings_for(base), current["sources"])

@@ -117,6 +117,7 @@ def start_run(source: str, settings: Settings, *, executor: str | None = None,
     checked = check_run(source, settings, run_id=run_id, encoder=encoder)
     with source_slot(checked.source, lock_wait_s), \
             source_lock(settings, checked.source, lock_wait_s), opened_store(settings) as store:
+        settings = settled_layout(store, settings, checked.model_id)
         physical = store.ensure_collection(checked.model_id, settings.policy)
         if manifest is not None:
             record_manifest(settings, checked.source, manifest)
@@ -132,6 +133,23 @@ def start_run(source: str, settings: Settings, *, executor: str | None = None,
     return RunOutcome(report, physical, settings.collection, searched, folder)
 
 
+def settled_layout(store: Any, settings: Settings, model_id: str) -> Settings:
+    """The point layout a run writes when ``one_point_items`` is unset: one point per
+    single-segment item, unless searches read this model's and segment policy's
+    collection in the earlier layout (two points per such item). That collection then
+    keeps being written in its own layout, rather than a new one being started beside
+    it that searches do not read; ``reembed`` moves it over (``alias_notes`` says so)."""
+    from dataclasses import replace
+
+    from search.store import physical_name
+
+    if settings.one_point_items is not None:
+        return settings
+    earlier = physical_name(model_id, replace(settings.policy, one_point=False))
+    keep = store.backend.get_alias(settings.collection) == earlier
+    return settings.model_copy(update={"one_point_items": not keep})
+
+
 def backfill_notes(store: Any, ledger: Any, physical: str) -> list[str]:
     """The one-time message when a collection written before the ledger gets one."""
     if ledger.count() or not store.backend.count(physical, None):
@@ -143,16 +161,22 @@ def backfill_notes(store: Any, ledger: Any, physical: str) -> list[str]:
 
 def alias_notes(store: Any, alias: str, physical: str) -> list[str]:
     """Said when searches read another collection than the one this run writes (another
-    model or segment policy: a reembed under way, or settings changed since)."""
+    model or segment policy: a reembed under way, or settings changed since), and when
+    the collection written keeps the earlier point layout (``settled_layout``)."""
+    policy = store.backend.collection_metadata(physical).get("policy", "")
     searched = store.backend.get_alias(alias)
     if searched in (None, physical):
-        return []
-    read, written = (store.backend.collection_metadata(n)["policy"] for n in (searched, physical))
-    layout = (" Only the point layout differs (one point per single-segment item, since "
-              "policy ids ending in 'u'): MEDIABIND_ONE_POINT_ITEMS=false keeps writing the "
-              "older collection instead." if written == f"{read}u" else "")
+        if policy.endswith("u"):
+            return []
+        return [f"{physical} keeps the earlier point layout (two identical points for an "
+                "item of one segment); `reembed()` moves it to one point per such item "
+                "(policy ids ending in 'u')"]
+    read = store.backend.collection_metadata(searched).get("policy", "")
+    layout = (" Only the point layout differs (one point per single-segment item, policy "
+              "ids ending in 'u'): leave MEDIABIND_ONE_POINT_ITEMS unset to keep writing "
+              "the collection searches read." if policy == f"{read}u" else "")
     return [f"searches read {searched} through {alias!r}; this run wrote {physical} (another "
-            "model or segment policy): `mediabind reembed` fills it and moves the alias once "
+            "model or segment policy): the `reembed` flow fills it and moves the alias once "
             f"it is complete.{layout}"]
 
 

@@ -63,11 +63,12 @@ class Settings(BaseSettings):
     stride_s: float = Field(2.0, gt=0, description="Step between windows (< segment_s overlaps).")
     video_crops: int = Field(3, description="Spatial crops per video clip: 1 or 3 (reference: 3).")
     text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
-    one_point_items: bool = Field(
-        True, description="Store an item of one segment (an image, a short text) as one point "
-        "that is both segment and file (policy ids ending in 'u'). false: the earlier layout, "
-        "two identical points, to keep writing a collection made before it; `mediabind "
-        "reembed` moves such a collection to the new layout.")
+    one_point_items: bool | None = Field(
+        None, description="Store an item of one segment (an image, a short text) as one point "
+        "that is both segment and file (policy ids ending in 'u'). Unset: yes for a new "
+        "collection, and a collection made before in the earlier layout (two identical "
+        "points) keeps being written in it until `reembed` moves it; true or false force "
+        "one layout.")
 
     # --- shards and safety limits (per member, per archive; never per source) ----
     shard_files: int = Field(256, ge=1, description="Most loose files of a folder or prefix, "
@@ -132,7 +133,7 @@ class Settings(BaseSettings):
     @property
     def policy(self) -> SegmentPolicy:
         return SegmentPolicy(self.segment_s, self.stride_s, self.video_crops,
-                             self.one_point_items)
+                             self.one_point_items is not False)
 
     @property
     def store_kind(self) -> Literal["edge", "local", "server"]:

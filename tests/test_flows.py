@@ -355,3 +355,28 @@ def test_reembed_swaps_only_to_a_complete_collection_unless_forced(home, tmp_pat
     with open_store(Settings()) as store:  # the manifest of the first ingest was replayed
         point = store.scroll({"item_id": kept_id}, limit=1)[0]
     assert point.payload["meta"] == {"site": "harbour"}
+
+
+def test_a_collection_of_the_earlier_layout_is_kept_until_reembed_moves_it(home, tmp_path,
+                                                                           monkeypatch):
+    """Upgrading does not fork the store: runs keep writing the collection searches read,
+    in its two-point layout, until ``reembed()`` moves it to one point per item."""
+    folder = notes(tmp_path / "notes", **{"first.txt": "the first note\n"})
+    monkeypatch.setenv("MEDIABIND_ONE_POINT_ITEMS", "false")  # a store made before the layout
+    old = ingest_archive(str(folder))
+    assert old["collection"].endswith("c3") and stored() == {item_at(folder / "first.txt"): 2}
+    monkeypatch.delenv("MEDIABIND_ONE_POINT_ITEMS")  # the upgraded default
+
+    (folder / "second.txt").write_text("a second note, after the upgrade\n")
+    kept = ingest_archive(str(folder))
+
+    assert kept["collection"] == old["collection"] and kept["items_completed"] == 1
+    assert any("earlier point layout" in note for note in kept["notes"])
+    assert sorted(stored().values()) == [2, 2]  # searched, and in one layout
+
+    moved = reembed()
+
+    assert (moved["old"], moved["new"]) == (old["collection"], old["collection"] + "u")
+    assert sorted(stored().values()) == [1, 1]
+    third = ingest_archive(str(folder))  # now the one-point collection is the one written
+    assert third["collection"] == moved["new"] and third["notes"] == []
