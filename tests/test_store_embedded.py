@@ -246,3 +246,41 @@ def test_a_lent_store_is_written_by_the_borrower_and_seen_again_after(backend, t
             assert borrower.exitcode == 0
         assert store.completed_items(["lent-item"]) == {"lent-item"}
         assert store.ledger().count() == 0  # the ledger follows the reopened engine
+
+
+@pytest.mark.parametrize("backend", EMBEDDED_PARAMS)
+def test_one_store_serves_many_threads_reading_while_one_writes(backend: str, tmp_path) -> None:
+    import threading
+
+    with open_store(settings_for(backend, tmp_path)) as store:
+        store.ensure_collection("m1", POLICY)
+        _write(store, 50)
+        probe = random_unit(np.random.default_rng(1))
+        expected = [p.id for p in store.search(probe, limit=5)]
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                for _ in range(20):
+                    found = store.search(probe, limit=5)
+                    # The points written meanwhile (fixed seeds) are none of the nearest.
+                    assert [p.id for p in found] == expected
+                    assert store.count() >= 50
+            except BaseException as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        def write() -> None:
+            try:
+                rng = np.random.default_rng(2)
+                for k in range(20):
+                    store.write([record(f"w{k}", 0, random_unit(rng))])
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(8)] + [threading.Thread(target=write)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors
+        assert store.count() == 70  # every write landed once

@@ -153,4 +153,9 @@ def open_backend(kind: str, settings: Settings) -> Backend:
         raise ValueError(f"unknown store backend {kind!r}; choose one of {sorted(BACKENDS)}")
     module, func = BACKENDS[kind].split(":")
     factory: Callable[[Settings], Backend] = getattr(importlib.import_module(module), func)
-    return factory(settings)
+    backend = factory(settings)
+    if not backend.one_process:
+        return backend
+    from search.backends.serial import Serialised
+
+    return Serialised(backend)  # type: ignore[return-value]  # the same methods, one at a time
