@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -186,27 +186,8 @@ class RunReport:
         return json_path, parquet_path
 
     def summary(self) -> str:
-        t = self.throughput()
-        lines = [
-            f"run {self.run_id} ({self.executor}, {self.model_id}, {self.policy})"
-            + (f"  FAILED: {self.error}" if self.error else ""),
-            f"  items: {self.items_seen} seen, {self.items_completed} ingested, "
-            f"{self.items_skipped} skipped (already stored), {self.items_duplicate} duplicate, "
-            f"{len(self.rejected_items())} rejected; {self.items_unchanged} unchanged since the "
-            f"last run (not read); {self.items_from_staging} committed from an earlier run's "
-            f"staged output; {self.source_bytes_read} source bytes read",
-            f"  plan: {self.objects_listed} objects listed, {self.shards} shards to do",
-            f"  points: {self.points_written} written, {self.points_removed} of changed files' "
-            f"old versions removed; segments {_counts(self.segments_written)}",
-            f"  media: {self.media_seconds:.1f} s in {self.wall_seconds:.1f} s wall "
-            f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
-            "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items()),
-        ]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines += [f"  rejected [{r.stage}] {r.uri}: {r.reason}" for r in self.rejected[:20]]
-        if len(self.rejected) > 20:
-            lines.append(f"  ... and {len(self.rejected) - 20} more (see items.parquet)")
-        return "\n".join(lines)
+        """The CLI's text for this run (``summary_text`` of ``to_dict()``)."""
+        return summary_text(self.to_dict())
 
     def to_markdown(self) -> str:
         t = self.throughput()
@@ -234,11 +215,38 @@ class RunReport:
         return "\n".join(text) + "\n"
 
 
+def summary_text(report: dict[str, Any]) -> str:
+    """A run's summary from its ``to_dict()`` form: what the CLI prints at the end of a
+    run, and what the runs page shows for a saved ``report.json``."""
+    r, t = report, report["throughput"]
+    lines = [
+        f"run {r['run_id']} ({r['executor']}, {r['model_id']}, {r['policy']})"
+        + (f"  FAILED: {r['error']}" if r.get("error") else ""),
+        f"  items: {r['items_seen']} seen, {r['items_completed']} ingested, "
+        f"{r['items_skipped']} skipped (already stored), {r['items_duplicate']} duplicate, "
+        f"{r['items_rejected']} rejected; {r['items_unchanged']} unchanged since the last "
+        f"run (not read); {r['items_from_staging']} committed from an earlier run's staged "
+        f"output; {r['source_bytes_read']} source bytes read",
+        f"  plan: {r['objects_listed']} objects listed, {r['shards']} shards to do",
+        f"  points: {r['points_written']} written, {r['points_removed']} of changed files' "
+        f"old versions removed; segments {_counts(r['segments_written'])}",
+        f"  media: {r['media_seconds']:.1f} s in {r['wall_seconds']:.1f} s wall "
+        f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
+        "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()),
+    ]
+    lines += [f"  note: {n}" for n in r["notes"]]
+    rejected = r["rejected"]
+    lines += [f"  rejected [{x['stage']}] {x['uri']}: {x['reason']}" for x in rejected[:20]]
+    if len(rejected) > 20:
+        lines.append(f"  ... and {len(rejected) - 20} more (see items.parquet)")
+    return "\n".join(lines)
+
+
 def _rejected_dict(r: Rejected) -> dict[str, str]:
     return {"item_id": r.item_id, "uri": r.uri, "stage": str(r.stage), "reason": r.reason}
 
 
-def _counts(counter: Counter[str]) -> str:
+def _counts(counter: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
 
 

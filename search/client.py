@@ -7,6 +7,7 @@ come back grouped by source file with the best moment (``search.results``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,6 +42,10 @@ class MediaSearch:
     built from ``settings.preset`` on the first query that needs one (its towers
     load per modality on first use).
     Queries made only of ``vector=`` never load a model.
+
+    One instance may serve many threads (a web server): the store serialises its
+    engine calls (``search.backends.serial``) and the encoder is built once, under
+    a lock (its towers are cached per process, under their own lock).
     """
 
     def __init__(self, settings: Settings | None = None, *, store: Any = None,
@@ -51,22 +56,25 @@ class MediaSearch:
         self._owns_store = store is None
         self._encoder = encoder
         self._checked_model: str | None = None
+        self._lock = threading.RLock()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     @property
     def store(self) -> Any:
-        if self._store is None:
-            from search.store import open_store
+        with self._lock:
+            if self._store is None:
+                from search.store import open_store
 
-            self._store = open_store(self.settings)
-        return self._store
+                self._store = open_store(self.settings)
+            return self._store
 
     def close(self) -> None:
         """Close the store if this object opened it (an embedded store locks its folder)."""
-        if self._owns_store and self._store is not None:
-            self._store.close()
-            self._store = None
+        with self._lock:
+            if self._owns_store and self._store is not None:
+                self._store.close()
+                self._store = None
 
     def __enter__(self) -> MediaSearch:
         return self
@@ -97,12 +105,13 @@ class MediaSearch:
         """The encoder (None when only raw vectors are queried, so no model is touched)."""
         if not modalities:
             return None
-        if self._encoder is None:
-            self.check_model(_preset_model_id(self.settings.preset))  # before building anything
-            from embed_workers.encoder import Encoder
+        with self._lock:
+            if self._encoder is None:
+                self.check_model(_preset_model_id(self.settings.preset))  # before building
+                from embed_workers.encoder import Encoder
 
-            # Towers are built on first use, per modality, and cached per process.
-            self._encoder = Encoder(self.settings.preset, settings=self.settings)
+                # Towers are built on first use, per modality, and cached per process.
+                self._encoder = Encoder(self.settings.preset, settings=self.settings)
         self.check_model(self._encoder.model_id)
         return self._encoder
 
@@ -120,6 +129,20 @@ class MediaSearch:
                 f"{_preset_hint(stored)}, or search a collection built with {model_id!r} "
                 f"(MediaSearch(collection=...) / mediabind search --collection)")
         self._checked_model = model_id
+
+    # --- stored points -----------------------------------------------------------------------
+
+    def point(self, point_id: str, *, with_vector: bool = False) -> Any:
+        """One stored point (``search.backends.Point``: id, payload, vector) by its id;
+        KeyError when the collection holds no such point, ValueError for a malformed id."""
+        found = self.store.retrieve([point_id], with_vectors=with_vector)
+        if not found:
+            raise KeyError(f"no point {point_id} in {self.settings.collection!r}")
+        return found[0]
+
+    def stored_vector(self, point_id: str) -> np.ndarray:
+        """A stored point's own vector: ``search(vector=...)`` with it is "more like this"."""
+        return np.asarray(self.point(point_id, with_vector=True).vector, dtype=np.float32)
 
     # --- search ----------------------------------------------------------------------------
 

@@ -96,6 +96,25 @@ KEYWORDS: dict[str, QueryKeyword] = {
     )
 }
 VECTOR_KEYWORD = "vector"
+
+
+def keyword_of_kind(kind: Kind) -> str | None:
+    """The keyword a file of ``kind`` is a query input for (a video: its picture, as
+    ``video=``); None for a kind no keyword takes."""
+    return next((k.name for k in KEYWORDS.values() if k.kinds[0] is kind), None)
+
+
+def keyword_for_file(path: Path) -> str:
+    """The keyword a query file goes in by what it is (an upload on the search page):
+    its kind, detected as ingestion detects it; ValueError for a file of no kind."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    kind = _detect(path, head)
+    keyword = keyword_of_kind(kind) if kind is not None else None
+    if keyword is None:
+        raise ValueError(f"{path.name!r} is not a media kind mediabind reads "
+                         f"(it takes {', '.join(k.value for k in Kind)} files)")
+    return keyword
 ALL_KEYWORDS = (*KEYWORDS, VECTOR_KEYWORD)
 
 

@@ -297,7 +297,14 @@ class VectorStore:
         return self.backend.count(self._read_name(), parse_where(where))
 
     def count_by_modality(self) -> dict[str, int]:
-        return dict(sorted(self.backend.facet(self._read_name(), "modality", None).items()))
+        return self.count_by("modality")
+
+    def count_by(self, field: str) -> dict[str, int]:
+        """Points per value of one indexed keyword field (``modality``, ``kind``,
+        ``archive``, ...), values sorted."""
+        if field not in GROUP_FIELDS:
+            raise ValueError(f"count_by takes one of {GROUP_FIELDS}, got {field!r}")
+        return dict(sorted(self.backend.facet(self._read_name(), field, None).items()))
 
     def list_items(self, archive: str | None = None) -> list[dict[str, Any]]:
         """One row per item: item_id, source_uri (all paths), kind, archive, modalities, n_points."""
