@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("ingest", "search", "serve", "info")
+COMMANDS = ("ingest", "search", "serve", "ui", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

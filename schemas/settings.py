@@ -95,6 +95,13 @@ class Settings(BaseSettings):
                                  description="Largest query input (file, bytes, array or text) accepted by search.")
     negative_weight: float = Field(0.5, gt=0, description="Default λ of search negatives: q − λ·negative, renormalised.")
 
+    # --- the web page (`mediabind ui`) ---------------------------------------------
+    ui_host: str = Field("127.0.0.1", description="Where `mediabind ui` listens.")
+    ui_port: int = Field(8765, ge=0, le=65535, description="Its port (0: any free one).")
+    ui_token: SecretStr | None = Field(
+        None, description="A token every request to `mediabind ui` must carry; required "
+        "before it listens anywhere but loopback.")
+
     # --- execution ---------------------------------------------------------------
     executor: Literal["local", "ray"] = Field("local", description="local (one process) or ray.")
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS",

@@ -18,6 +18,15 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# The browser tests (tests/test_web_browser.py) drive Debian's chromium through its
+# chromedriver; nothing is downloaded at test time.
+if [ "$extra" = dev ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  echo "setup: installing chromium and chromium-driver (apt, for the browser tests)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Python >= 3.11 is required (found $("$python" --version))" >&2; exit 1; }

@@ -1,0 +1,189 @@
+"""What the page and the JSON API ask of the search module, in one place.
+
+``SearchRequest`` is a search as the web sends it (the query in the page's URL,
+or a JSON body with uploads). ``Service.search`` turns it into exactly one
+``MediaSearch.search`` call, so the page, the API and the Python client rank
+alike for the same inputs. Everything here goes through ``MediaSearch``'s and
+``VectorStore``'s public methods.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import Settings
+from search import MediaSearch, SearchResults
+from search.query import keyword_for_file
+from web.media import MediaCache
+from web.thumbs import Thumbnails
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+RUNS_LISTED = 200
+
+
+class SearchRequest(BaseModel):
+    """One search from the page or a tool. Inputs of one keyword share its weight, as in
+    ``MediaSearch.search``; ``like`` is stored points whose own vectors join the query
+    (``vector=``, "more like this")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: list[str] = Field(default_factory=list, max_length=8)
+    like: list[str] = Field(default_factory=list, max_length=8)
+    negative_text: list[str] = Field(default_factory=list, max_length=8)
+    negative_like: list[str] = Field(default_factory=list, max_length=8)
+    weights: dict[str, float] = Field(default_factory=dict)
+    negative_weight: float | None = Field(None, ge=0, le=1)
+    kinds: list[str] = Field(default_factory=list, max_length=16)
+    modalities: list[str] = Field(default_factory=list, max_length=16)
+    archive: str | None = Field(None, max_length=4096)
+    from_s: float | None = Field(None, ge=0)
+    to_s: float | None = Field(None, ge=0)
+    limit: int = Field(12, ge=1, le=100)
+    offset: int = Field(0, ge=0, le=10_000)
+    moments: int = Field(3, ge=1, le=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file sent with a search, already on disk (a temp folder, removed after)."""
+
+    path: Path
+    negative: bool = False
+
+
+class Service:
+    """The store, the search client and the media caches one web server shares."""
+
+    def __init__(self, settings: Settings, client: MediaSearch | None = None) -> None:
+        self.settings = settings
+        self._owns_client = client is None
+        self.client = client or MediaSearch(settings)
+        self.media = MediaCache(settings)
+        self.thumbs = Thumbnails(settings, self.media)
+
+    def close(self) -> None:
+        """Close the search client (and so the store) if this service opened it."""
+        if self._owns_client:
+            self.client.close()
+
+    # --- search ------------------------------------------------------------------------
+
+    def search(self, request: SearchRequest, uploads: Sequence[Upload] = ()) -> SearchResults:
+        positive = self._inputs(request.text, request.like, [u for u in uploads if not u.negative])
+        negative = self._inputs(request.negative_text, request.negative_like,
+                                [u for u in uploads if u.negative])
+        return self.client.search(
+            **positive, weights=request.weights or None, negative=negative or None,
+            negative_weight=request.negative_weight if negative else None,
+            kinds=request.kinds or None, modalities=request.modalities or None,
+            where=_where(request), limit=request.limit, offset=request.offset,
+            moments=request.moments)
+
+    def _inputs(self, texts: list[str], likes: list[str],
+                uploads: Sequence[Upload]) -> dict[str, list[Any]]:
+        inputs: dict[str, list[Any]] = {}
+        for text in texts:
+            if text.strip():
+                inputs.setdefault("text", []).append(text)
+        for point_id in likes:
+            inputs.setdefault("vector", []).append(self.client.stored_vector(point_id))
+        for upload in uploads:
+            inputs.setdefault(keyword_for_file(upload.path), []).append(upload.path)
+        return inputs
+
+    # --- what the page shows beside results -------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        store = self.client.store
+        info = store.collection_info()
+        return {**{k: info.get(k) for k in ("alias", "physical", "model_id", "policy")},
+                "points": store.count(), "kinds": store.count_by("kind"),
+                "modalities": store.count_by("modality"), "archives": store.count_by("archive")}
+
+    def point(self, point_id: str) -> dict[str, Any]:
+        return dict(self.client.point(point_id).payload)
+
+    # --- run reports -------------------------------------------------------------------
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The newest run reports first, each as its headline figures."""
+        reports = sorted(self.settings.runs_path.glob("*/report.json"),
+                         key=lambda p: p.stat().st_mtime, reverse=True)[:RUNS_LISTED]
+        return [_headline(r) for r in (_read_report(p) for p in reports) if r is not None]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        from embed_workers.report import summary_text
+
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", run_id) or run_id.startswith("."):
+            raise KeyError(f"no run {run_id!r}")
+        report = _read_report(self.settings.runs_path / run_id / "report.json")
+        if report is None:
+            raise KeyError(f"no run {run_id!r}")
+        return {**report, "summary": summary_text(report)}
+
+
+def _where(request: SearchRequest) -> dict[str, Any] | None:
+    where: dict[str, Any] = {}
+    if request.archive:
+        where["archive"] = request.archive
+    if request.from_s is not None:
+        where["start_s"] = {"gte": request.from_s}
+    if request.to_s is not None:
+        where["end_s"] = {"lte": request.to_s}
+    return where or None
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("run_id", "source", "executor", "model_id", "policy", "started", "finished",
+            "wall_seconds", "items_seen", "items_completed", "items_rejected",
+            "items_unchanged", "points_written", "media_seconds", "error")
+    return {k: report.get(k) for k in keys}
+
+
+@contextmanager
+def saved_uploads(files: Sequence[tuple[str, bool, Any]], max_bytes: int,
+                  home: Path) -> Iterator[list[Upload]]:
+    """Uploaded files (name, negative, readable) copied into a temp folder under
+    ``home``, each at most ``max_bytes`` (ValueError beyond); the folder goes after."""
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mediabind-upload-", dir=home / "tmp") as tmp:
+        uploads = []
+        for i, (name, negative, stream) in enumerate(files):
+            path = Path(tmp) / f"{i}-{_safe_name(name)}"
+            _copy_capped(stream, path, max_bytes, name)
+            uploads.append(Upload(path, negative))
+        yield uploads
+
+
+def _safe_name(name: str) -> str:
+    """The upload's base name, kept for what it says (``x.depth.png``), made harmless."""
+    base = SAFE_NAME.sub("_", Path(name or "upload").name).lstrip(".")[-120:]
+    return base or "upload"
+
+
+def _copy_capped(stream: Any, path: Path, max_bytes: int, name: str) -> None:
+    copied = 0
+    with path.open("wb") as out:
+        while chunk := stream.read(1 << 20):
+            copied += len(chunk)
+            if copied > max_bytes:
+                raise ValueError(f"the upload {name!r} is larger than {max_bytes} bytes "
+                                 "(MEDIABIND_MAX_QUERY_BYTES)")
+            out.write(chunk)

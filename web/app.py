@@ -1,0 +1,237 @@
+"""The web server: the search page, the runs page and the JSON API under ``/api``.
+
+``create_app`` builds it on one ``Service`` (one store, one search client).
+FastAPI serves the OpenAPI schema at ``/api/openapi.json``. Errors are JSON
+``{"detail": ...}`` with a 4xx status that says whose fault it was; a store
+held by another process is a 503 that names the holder and what to do.
+
+With a token (``--token`` / ``MEDIABIND_UI_TOKEN``) every request needs it:
+``Authorization: Bearer <token>``, or ``?token=`` once, which the server turns
+into a cookie so the page's images and players carry it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+
+from schemas import Settings, get_settings
+from search import Hit, ModelMismatchError, Moment
+from search.backends.lock import StoreLockedError
+from web.api import SearchRequest, Service, saved_uploads
+from web.media import MediaRefused, StoredFile
+
+STATIC = Path(__file__).parent / "static"
+TOKEN_COOKIE = "mediabind_token"
+FORM_OVERHEAD = 1 << 20  # multipart boundaries and the request field, beyond the files
+MAX_UPLOADS = 8
+
+
+def create_app(settings: Settings | None = None, *, token: str | None = None,
+               service: Service | None = None) -> FastAPI:
+    """The app on ``service`` (default: a new one on ``settings``, closed with the app;
+    one handed in stays open for its owner)."""
+    settings = settings or get_settings()
+    owned = service is None
+    service = service or Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            service.close()
+
+    app = FastAPI(title="mediabind", summary="Cross-modal search of media archives",
+                  openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
+    app.state.service = service
+    _guard(app, token, settings.max_query_bytes * MAX_UPLOADS + FORM_OVERHEAD)
+    _errors(app)
+    _pages(app)
+    _api(app, service)
+    return app
+
+
+# --- requests that get no further ----------------------------------------------------------
+
+
+def _guard(app: FastAPI, token: str | None, max_body: int) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if request.method in ("POST", "PUT", "PATCH"):
+            if length is None or not length.isdigit():
+                return _error(411, "send a Content-Length (uploads are size-checked first)")
+            if int(length) > max_body:
+                return _error(413, f"the request is {length} bytes; the most is {max_body} "
+                                   "(MEDIABIND_MAX_QUERY_BYTES per upload)")
+        if token is None:
+            return await call_next(request)
+        given = _given_token(request)
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "this server needs its token: open the page as "
+                               "/?token=TOKEN, or send Authorization: Bearer TOKEN")
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+
+def _given_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+
+
+def _errors(app: FastAPI) -> None:
+    statuses: tuple[tuple[type[Exception], int], ...] = (
+        (StoreLockedError, 503), (ModelMismatchError, 409), (MediaRefused, 404),
+        (KeyError, 404), (LookupError, 404), (FileNotFoundError, 404), (ValueError, 400),
+        (ValidationError, 422),
+    )
+    for error, status in statuses:
+        app.add_exception_handler(error, _handler(status))
+
+
+def _handler(status: int) -> Any:
+    async def handle(_: Request, exc: Exception) -> Response:
+        code = exc.status if isinstance(exc, MediaRefused) else status
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, StoreLockedError):
+            message = (f"{message}. While it runs, this page cannot read the store: let that "
+                       "run finish, or stop it, and reload")
+        return _error(code, message)
+    return handle
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+# --- pages -----------------------------------------------------------------------------
+
+
+def _pages(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def search_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/runs", include_in_schema=False)
+    def runs_page() -> FileResponse:
+        return FileResponse(STATIC / "runs.html", media_type="text/html")
+
+
+# --- the JSON API ------------------------------------------------------------------------
+
+
+def _api(app: FastAPI, service: Service) -> None:
+    @app.get("/api/info", summary="The collection searched: model, policy, counts, archives")
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.get("/api/search", summary="Search by text, by stored points, with filters")
+    def search_get(text: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI's form)
+                   like: Annotated[list[str], Query()] = [],  # noqa: B006
+                   negative_text: Annotated[list[str], Query()] = [],  # noqa: B006
+                   kind: Annotated[list[str], Query()] = [],  # noqa: B006
+                   modality: Annotated[list[str], Query()] = [],  # noqa: B006
+                   archive: str | None = None, from_s: float | None = None,
+                   to_s: float | None = None, limit: int = 12, offset: int = 0,
+                   moments: int = 3) -> dict[str, Any]:
+        request = SearchRequest(text=text, like=like, negative_text=negative_text, kinds=kind,
+                                modalities=modality, archive=archive, from_s=from_s,
+                                to_s=to_s, limit=limit, offset=offset, moments=moments)
+        return _results(service, request, service.search(request))
+
+    @app.post("/api/search", summary="Search with uploads: a JSON `request` plus files")
+    def search_post(request: Annotated[str, Form()] = "{}",
+                    file: Annotated[list[UploadFile], File()] = [],  # noqa: B006
+                    negative_file: Annotated[list[UploadFile], File()] = [],  # noqa: B006
+                    ) -> dict[str, Any]:
+        try:
+            parsed = SearchRequest.model_validate(json.loads(request))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the request field is not JSON: {exc}") from None
+        files = [(f.filename or "upload", False, f.file) for f in file]
+        files += [(f.filename or "upload", True, f.file) for f in negative_file]
+        if len(files) > MAX_UPLOADS:
+            raise ValueError(f"at most {MAX_UPLOADS} files per search")
+        with saved_uploads(files, service.settings.max_query_bytes,
+                           service.settings.home) as uploads:
+            return _results(service, parsed, service.search(parsed, uploads))
+
+    @app.get("/api/points/{point_id}", summary="One stored point's payload")
+    def point(point_id: str) -> dict[str, Any]:
+        return service.point(point_id)
+
+    @app.get("/api/points/{point_id}/thumb", summary="The picture of a point's moment (PNG)")
+    def thumb(point_id: str) -> FileResponse:
+        path = service.thumbs.of(point_id, service.point(point_id))
+        return FileResponse(path, media_type="image/png",
+                            headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/points/{point_id}/media",
+             summary="The file of a point, playable (Range requests served)")
+    def media(point_id: str, original: bool = False) -> FileResponse:
+        stored = StoredFile.of(service.point(point_id))
+        path = service.media.original(stored) if original else service.media.playable(stored)
+        name = Path(stored.member).name or "media"
+        if path.suffix and path.suffix != Path(name).suffix:
+            name = f"{Path(name).stem}{path.suffix}"
+        return FileResponse(path, filename=name, content_disposition_type="inline",
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/runs", summary="Run reports, newest first")
+    def runs() -> list[dict[str, Any]]:
+        return service.runs()
+
+    @app.get("/api/runs/{run_id}", summary="One run's report, with the CLI's summary text")
+    def run(run_id: str) -> dict[str, Any]:
+        return service.run(run_id)
+
+
+def _results(service: Service, request: SearchRequest, results: Any) -> dict[str, Any]:
+    hits = [hit_json(hit) for hit in results]
+    return {"collection": service.settings.collection, "request": request.model_dump(),
+            "offset": request.offset, "limit": request.limit,
+            "more": len(hits) == request.limit, "hits": hits}
+
+
+def hit_json(hit: Hit) -> dict[str, Any]:
+    """One result as the page draws it: the file, its best moment, its other moments."""
+    p = hit.payload
+    return {"rank": hit.rank, "score": hit.score, "item_id": hit.item_id, "kind": hit.kind,
+            "source_uri": hit.source_uri, "source_uris": list(hit.source_uris),
+            "archive": p.get("archive"), "member": p.get("member"),
+            "duration_s": p.get("duration_s"), **moment_json(_best(hit)),
+            "moments": [moment_json(m) for m in hit.moments]}
+
+
+def moment_json(m: Moment) -> dict[str, Any]:
+    base = f"/api/points/{m.point_id}"
+    return {"point_id": m.point_id, "modality": m.modality, "segment_index": m.segment_index,
+            "start_s": m.start_s, "end_s": m.end_s, "score": m.score, "text": m.text,
+            "label": _label(m), "thumb_url": f"{base}/thumb", "media_url": f"{base}/media"}
+
+
+def _best(hit: Hit) -> Moment:
+    return Moment(hit.score, hit.modality, hit.segment_index, hit.start_s, hit.end_s, hit.text,
+                  hit.point_id)
+
+
+def _label(m: Moment) -> str:
+    from search.results import moment_label
+
+    return moment_label(m.start_s, m.end_s)
