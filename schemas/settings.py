@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     on_disk_vectors: bool = Field(False, description="Keep vectors on disk (memory-mapped).")
     upsert_batch: int = Field(256, ge=1, description="Points per upsert.")
     optimize_after_points: int = Field(
-        20_000, ge=0, description="Edge store: build the HNSW index when a writer closes after "
-        "writing at least this many points (0 = never; exact search until then).")
+        10_000, ge=0, description="Edge store: build the HNSW index on close once at least "
+        "this many points are not yet indexed, whoever wrote them and in however many runs "
+        "(0 = never; search is exact until then).")
 
     # --- segmentation ---------------------------------------------------------
     segment_s: float = Field(2.0, gt=0, description="Window length for video/audio/IMU (ImageBind's unit: 2 s).")

@@ -13,9 +13,10 @@ going through the alias, which is how a re-embed into a new collection runs
 beside the old one until ``swap_alias`` (blue/green).
 
 Embedded stores belong to one process (``StoreLockedError`` names the holder).
-On edge, HNSW is built by ``optimize()``; a writer that wrote at least
-``settings.optimize_after_points`` points calls it on close. Before that,
-search is exact, which is fine for small collections.
+On edge, HNSW is built by ``optimize()``; closing a store whose collection
+holds at least ``settings.optimize_after_points`` points not yet indexed calls
+it, whoever wrote them and in however many runs. Until then search is exact,
+which is fine for that many points.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class VectorStore:
         self.alias = settings.collection
         self._target: str | None = None
         self._specs: dict[str, dict[str, Any]] = {}
-        self._written = 0
 
     def __repr__(self) -> str:
         return f"VectorStore({self.backend!r}, alias={self.alias!r})"
@@ -182,7 +182,6 @@ class VectorStore:
             payloads = [r.payload for r in records[start:end]]
             stacked = np.stack(vectors[start:end])
             self.retry(lambda i=ids, v=stacked, p=payloads: self.backend.upsert(name, i, v, p))
-            self._written += end - start
 
     def completed_items(self, item_ids: Iterable[str]) -> set[str]:
         """Items whose completing point is stored in the write target: a file-level point
@@ -371,13 +370,35 @@ class VectorStore:
         for name in sorted(names):
             self.backend.optimize(name)
 
-    def close(self, *, optimize: bool = True) -> None:
-        """Close the engine; first build the index (edge's HNSW) when this handle wrote
-        enough points to want one, unless ``optimize=False`` (a run stopping in a hurry)."""
+    def optimize_if_due(self) -> list[str]:
+        """Build the index of the collections written and read (edge's HNSW) that hold
+        at least ``settings.optimize_after_points`` points not yet indexed; the names
+        built."""
         threshold = self.settings.optimize_after_points
+        if not threshold:
+            return []
+        names = {self._write_name()} if self._target else set()
+        names |= {n for n in (self.backend.get_alias(self.alias),) if n}
+        due = sorted(n for n in names if self.backend.collection_exists(n)
+                     and self.backend.unindexed_points(n) >= threshold)
+        for name in due:
+            log.info("building the vector index of %s", name)
+            self.backend.optimize(name)
+        return due
+
+    def index_state(self) -> dict[str, Any] | None:
+        """What the vector index of the collection searched covers (``Backend.index_state``)."""
+        return self.backend.index_state(self._read_name())
+
+    def close(self, *, optimize: bool = True) -> None:
+        """Close the engine; first build the index when it pays (``optimize_if_due``),
+        unless ``optimize=False`` (a run stopping in a hurry)."""
         try:
-            if optimize and threshold and self._written >= threshold:
-                self.optimize()
+            if optimize:
+                self.optimize_if_due()
+        except Exception as exc:  # noqa: BLE001 - the index is an extra, the points are kept
+            log.warning("the vector index was not built on close (%s); search stays exact "
+                        "until a later close builds it", exc)
         finally:
             self.backend.close()
 

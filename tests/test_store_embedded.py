@@ -107,7 +107,7 @@ def test_same_process_cannot_open_a_store_twice(backend: str, tmp_path) -> None:
 
 def _write(store: VectorStore, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    store.write([record(f"i{k}", 0, random_unit(rng)) for k in range(n)])
+    store.write([record(f"i{seed}-{k}", 0, random_unit(rng)) for k in range(n)])
 
 
 def test_transient_errors_are_retried(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,23 +141,29 @@ def test_permanent_errors_are_not_retried(tmp_path, monkeypatch: pytest.MonkeyPa
     assert len(calls) == 1
 
 
-def _indexed_after_reopen(tmp_path, n: int, threshold: int) -> int:
+def _indexed_after_reopen(tmp_path, runs: list[int], threshold: int) -> dict:
+    """Write ``runs`` batches through one handle each (small incremental runs), then
+    what the reopened collection's index covers."""
     settings = settings_for("edge", tmp_path, optimize_after_points=threshold)
+    for seed, n in enumerate(runs):
+        with open_store(settings) as store:
+            store.ensure_collection("m1", POLICY)
+            _write(store, n, seed=seed * 100_000)
     with open_store(settings) as store:
-        store.ensure_collection("m1", POLICY)
-        _write(store, n)
-    with open_store(settings) as store:
-        return store.backend.indexed_vectors(store.collection_info()["physical"])
+        return store.index_state()
 
 
 def test_small_writes_leave_edge_on_exact_search(tmp_path) -> None:
-    assert _indexed_after_reopen(tmp_path, 50, threshold=1000) == 0
+    state = _indexed_after_reopen(tmp_path, [50], threshold=1000)
+    assert (state["indexed"], state["points"], state["built_at"]) == (0, 50, None)
 
 
 @pytest.mark.slow
-def test_a_large_writer_builds_the_hnsw_index_on_close(tmp_path) -> None:
-    # 3000 x 1024-d float32 is above edge's indexing threshold (~10 MB per segment)
-    assert _indexed_after_reopen(tmp_path, 3000, threshold=3000) == 3000
+def test_small_runs_that_add_up_get_the_hnsw_index(tmp_path) -> None:
+    # 3 x 1000 x 1024-d float32 is above edge's indexing threshold (~10 MB per segment);
+    # no one run wrote the threshold's worth of points, together they did.
+    state = _indexed_after_reopen(tmp_path, [1000, 1000, 1000], threshold=3000)
+    assert state["indexed"] == state["points"] == 3000 and state["built_at"]
 
 
 def test_auto_backend_is_edge_without_a_server_url(tmp_path, monkeypatch) -> None:

@@ -107,7 +107,8 @@ class Service:
         store = self.client.store
         info = store.collection_info()
         return {**{k: info.get(k) for k in ("alias", "physical", "model_id", "policy")},
-                "points": store.count(), "kinds": store.count_by("kind"),
+                "points": store.count(), "index": store.index_state(),
+                "kinds": store.count_by("kind"),
                 "modalities": store.count_by("modality"), "archives": store.count_by("archive")}
 
     def point(self, point_id: str) -> dict[str, Any]:

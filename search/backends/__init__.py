@@ -131,6 +131,17 @@ class Backend(ABC):
     def optimize(self, name: str) -> None:
         """Build indexes where the engine needs an explicit call (blocking)."""
 
+    def unindexed_points(self, name: str) -> int:
+        """Points an explicit ``optimize`` would index (0: the engine indexes by itself,
+        or never)."""
+        return 0
+
+    def index_state(self, name: str) -> dict[str, Any] | None:
+        """What the engine's vector index covers: ``indexed`` and ``points`` counts and
+        ``built_at`` (ISO time of the last explicit build); None where the engine keeps
+        its own index and says nothing of it."""
+        return None
+
     def is_transient(self, exc: BaseException) -> bool:
         """Whether retrying the same call may succeed (network blips, overload)."""
         return isinstance(exc, ConnectionError | TimeoutError)

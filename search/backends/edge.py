@@ -24,6 +24,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,21 @@ class EdgeBackend(Backend):
 
     def optimize(self, name: str) -> None:
         self._shard(name).optimize()
+        catalog = json.loads(json.dumps(self._catalog))
+        catalog["collections"][name]["index_built_at"] = datetime.now(UTC).isoformat()
+        self._write_catalog(catalog)
 
     def indexed_vectors(self, name: str) -> int:
         return self._shard(name).info().indexed_vectors_count
+
+    def unindexed_points(self, name: str) -> int:
+        info = self._shard(name).info()
+        return max(0, info.points_count - info.indexed_vectors_count)
+
+    def index_state(self, name: str) -> dict[str, Any] | None:
+        info = self._shard(name).info()
+        return {"indexed": info.indexed_vectors_count, "points": info.points_count,
+                "built_at": self._catalog["collections"][name].get("index_built_at")}
 
     def close(self) -> None:
         for shard in self._shards.values():

@@ -236,6 +236,14 @@ function addFiles(files, negative) {
   drawChips();
 }
 
+// What the vector index covers: exact search until the store builds it (search/store.py).
+function indexLine(index) {
+  if (!index) return "indexed by the server";
+  if (!index.built_at) return "exact search (no index built yet)";
+  const when = index.built_at.slice(0, 16).replace("T", " ");
+  return `index built ${when} UTC over ${index.indexed} of ${index.points} points`;
+}
+
 async function loadInfo() {
   const response = await fetch("/api/info");
   const info = await response.json();
@@ -244,7 +252,8 @@ async function loadInfo() {
     $("status").classList.add("error");
     return;
   }
-  $("collection").textContent = `${info.alias} → ${info.physical} · ${info.model_id} · ${info.points} points`;
+  $("collection").textContent = `${info.alias} → ${info.physical} · ${info.model_id} · ` +
+    `${info.points} points · ${indexLine(info.index)}`;
   const fill = (id, values) => {
     for (const v of Object.keys(values)) {
       const o = document.createElement("option");
