@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import Rejected
+from schemas import Rejected, Stage
 
 
 class Outcome(StrEnum):
@@ -184,6 +184,26 @@ class RunReport:
         rows = [asdict(o) | {"outcome": o.outcome.value} for o in self.outcomes]
         pq.write_table(pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), parquet_path)
         return json_path, parquet_path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunReport:
+        """A report as ``write`` left it in ``folder`` (``report.json``, ``items.parquet``)."""
+        folder = Path(folder)
+        d = json.loads((folder / "report.json").read_text())
+        plain = {f.name for f in fields(cls)} - {"started", "finished", "rejected", "outcomes",
+                                                  "items_ingested", "segments_written"}
+        report = cls(**{k: d[k] for k in plain if k in d})
+        report.started = datetime.fromisoformat(d["started"])
+        report.finished = datetime.fromisoformat(d["finished"]) if d.get("finished") else None
+        report.items_ingested = Counter(d.get("items_ingested", {}))
+        report.segments_written = Counter(d.get("segments_written", {}))
+        report.rejected = [Rejected(r["item_id"], r["uri"], Stage(r["stage"]), r["reason"])
+                           for r in d.get("rejected", [])]
+        items = folder / "items.parquet"
+        if items.is_file():
+            report.outcomes = [ItemOutcome(**{**row, "outcome": Outcome(row["outcome"])})
+                               for row in pq.read_table(items).to_pylist()]
+        return report
 
     def summary(self) -> str:
         """The CLI's text for this run (``summary_text`` of ``to_dict()``)."""

@@ -70,3 +70,22 @@ def test_meter_throttles_but_always_reports_the_end() -> None:
     meter.tick(report)
     meter.tick(report, final=True)
     assert len(seen) == 2 and seen[-1].items_done == 3
+
+
+def test_a_written_report_reads_back_as_it_was(tmp_path):
+    from embed_workers.report import ItemOutcome, Outcome, RunReport
+    from schemas import Rejected, Stage
+
+    report = RunReport("r1", "/src", "local", "m", "w2s2c3u")
+    report.add_outcome(ItemOutcome("a", "/src/a.mp4", Outcome.INGESTED, "video", 3))
+    report.add_outcome(ItemOutcome("b", "/src/b.mp4", Outcome.REJECTED, stage="decode",
+                                   reason="broken"))
+    report.rejected.append(Rejected("b", "/src/b.mp4", Stage.DECODE, "broken"))
+    report.segments_written["vision"] += 3
+    report.notes.append("a note")
+    report.finish()
+    report.write(tmp_path)
+
+    again = RunReport.read(tmp_path / "r1")
+
+    assert again.to_dict() == report.to_dict() and again.summary() == report.summary()
