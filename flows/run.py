@@ -15,6 +15,9 @@
 5. runs the pipeline (``embed_workers.pipeline.run_ingest``) and writes the
    report, also as Markdown for the flow's artifact.
 
+When a `mediabind ui` holds the embedded store, step 2 onwards happens in its
+process instead (``flows.handoff``): search stays up while the run ingests.
+
 It lives in ``flows/`` because it needs both the store and the locks.
 ``PERMANENT_ERRORS`` are the failures no retry can fix; the flows' retry
 policy reads them from here.
@@ -110,13 +113,24 @@ def check_source(source: str) -> None:
 def start_run(source: str, settings: Settings, *, executor: str | None = None,
               run_id: str | None = None, manifest: str | None = None,
               progress: ProgressCallback | None = None, encoder: Encoder | None = None,
-              lock_wait_s: float | None = None) -> RunOutcome:
-    """Check, lock, ensure the collection, record the manifest, run; see the module doc."""
+              lock_wait_s: float | None = None, store: Any = None) -> RunOutcome:
+    """Check, lock, ensure the collection, record the manifest, run; see the module doc.
+
+    ``store``: an open store to run on (left open; a `mediabind ui` running a run
+    handed to it). Without one, a live `mediabind ui` serving this embedded store
+    gets the run (``flows.handoff``) and this process follows it.
+    """
     from embed_workers.pipeline import run_ingest
+    from flows.handoff import running_ui
 
     checked = check_run(source, settings, run_id=run_id, encoder=encoder)
+    ui = running_ui(settings) if store is None and encoder is None else None
+    if ui is not None:
+        return handed_run(ui, checked, settings, executor or settings.executor, manifest,
+                          progress)
     with source_slot(checked.source, lock_wait_s), \
-            source_lock(settings, checked.source, lock_wait_s), opened_store(settings) as store:
+            source_lock(settings, checked.source, lock_wait_s), \
+            _store_for(settings, store) as store:
         settings = settled_layout(store, settings, checked.model_id)
         physical = store.ensure_collection(checked.model_id, settings.policy)
         if manifest is not None:
@@ -148,6 +162,31 @@ def settled_layout(store: Any, settings: Settings, model_id: str) -> Settings:
     earlier = physical_name(model_id, replace(settings.policy, one_point=False))
     keep = store.backend.get_alias(settings.collection) == earlier
     return settings.model_copy(update={"one_point_items": not keep})
+
+
+def handed_run(ui: Any, checked: CheckedRun, settings: Settings, executor: str,
+               manifest: str | None, progress: ProgressCallback | None) -> RunOutcome:
+    """The run, run by the `mediabind ui` that holds the store (``flows.handoff``)."""
+    from embed_workers.report import RunReport
+    from flows.handoff import HandoffError, hand_over
+
+    state = hand_over(ui, checked.source, settings, executor=executor, run_id=checked.run_id,
+                      manifest=manifest, progress=progress)
+    folder = settings.runs_path / checked.run_id
+    if state["state"] == "failed" and not (folder / "report.json").is_file():
+        raise HandoffError(f"the run failed in the mediabind ui (pid {ui.pid}): "
+                           f"{state.get('error')}")
+    return RunOutcome(RunReport.read(folder), state["collection"], settings.collection,
+                      state.get("searched"), folder)
+
+
+@contextmanager
+def _store_for(settings: Settings, store: Any) -> Iterator[Any]:
+    if store is not None:
+        yield store  # the caller's, and it stays open
+        return
+    with opened_store(settings) as opened:
+        yield opened
 
 
 def backfill_notes(store: Any, ledger: Any, physical: str) -> list[str]:

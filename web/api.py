@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,18 @@ from web.thumbs import Thumbnails
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 RUNS_LISTED = 200
+
+
+class RunRequest(BaseModel):
+    """A run handed to this server by ``flows.handoff`` (`mediabind ingest` elsewhere)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(max_length=4096)
+    run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    executor: str = "local"
+    manifest: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
 
 
 class SearchRequest(BaseModel):
@@ -70,6 +83,8 @@ class Service:
         self.client = client or MediaSearch(settings)
         self.media = MediaCache(settings)
         self.thumbs = Thumbnails(settings, self.media)
+        self._runs: dict[str, dict[str, Any]] = {}  # handed runs: run id -> state
+        self._runs_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the search client (and so the store) if this service opened it."""
@@ -113,6 +128,65 @@ class Service:
 
     def point(self, point_id: str) -> dict[str, Any]:
         return dict(self.client.point(point_id).payload)
+
+    # --- runs handed to this process (flows.handoff) ---------------------------------
+
+    def start_run(self, request: RunRequest) -> dict[str, Any]:
+        """Run a handed run in a thread, on the store this server holds."""
+        from flows.handoff import RUN_SETTINGS
+
+        if request.executor != "local":
+            raise ValueError("a run handed to mediabind ui runs with the local executor: a "
+                             "Ray run lends the embedded store to its committer, which this "
+                             "page cannot spare. Stop the ui for it, or use a Qdrant server")
+        unknown = set(request.settings) - set(RUN_SETTINGS)
+        if unknown:
+            raise ValueError(f"a handed run cannot change {sorted(unknown)}")
+        checked = Settings(**request.settings)  # validated as any settings are
+        settings = self.settings.model_copy(
+            update={k: getattr(checked, k) for k in request.settings})  # on this store
+        with self._runs_lock:
+            if self._runs.get(request.run_id, {}).get("state") == "running":
+                raise ValueError(f"run {request.run_id} is already running here")
+            state = {"run_id": request.run_id, "source": request.source, "state": "running",
+                     "progress": None, "error": None, "collection": None, "searched": None}
+            self._runs[request.run_id] = state
+        threading.Thread(target=self._run, args=(request, settings, state), daemon=True,
+                         name=f"run-{request.run_id}").start()
+        return dict(state)
+
+    def _run(self, request: RunRequest, settings: Settings, state: dict[str, Any]) -> None:
+        from dataclasses import asdict
+
+        from flows.run import start_run
+        from search.store import VectorStore
+
+        held = self.client.store  # one engine, one lock: this run and the page share it
+        store = VectorStore(held.backend, settings, held.kind)
+
+        def record(progress: Any) -> None:
+            state["progress"] = asdict(progress)
+
+        try:
+            outcome = start_run(request.source, settings, executor="local",
+                                run_id=request.run_id, manifest=request.manifest,
+                                progress=record, store=store)
+            state.update(collection=outcome.collection, searched=outcome.searched)
+            store.optimize_if_due()
+            state["state"] = "failed" if outcome.report.error else "done"
+            state["error"] = outcome.report.error
+        except Exception as exc:  # noqa: BLE001 - the state carries it to the caller
+            state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+
+    def run_state(self, run_id: str) -> dict[str, Any]:
+        with self._runs_lock:
+            if run_id not in self._runs:
+                raise KeyError(f"no run {run_id!r} was handed to this server")
+            return dict(self._runs[run_id])
+
+    def active_runs(self) -> list[dict[str, Any]]:
+        with self._runs_lock:
+            return [dict(s) for s in self._runs.values() if s["state"] == "running"]
 
     # --- run reports -------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from schemas import Settings, get_settings
 from search import Hit, ModelMismatchError, Moment
 from search.backends.lock import StoreLockedError
-from web.api import SearchRequest, Service, saved_uploads
+from web.api import RunRequest, SearchRequest, Service, saved_uploads
 from web.media import MediaRefused, StoredFile
 
 STATIC = Path(__file__).parent / "static"
@@ -192,6 +192,19 @@ def _api(app: FastAPI, service: Service) -> None:
             name = f"{Path(name).stem}{path.suffix}"
         return FileResponse(path, filename=name, content_disposition_type="inline",
                             headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/api/runs", status_code=202,
+              summary="Take a run over (flows.handoff): it runs in this process")
+    def hand_run(body: RunRequest) -> dict[str, Any]:
+        return service.start_run(body)
+
+    @app.get("/api/runs/active", summary="Runs under way in this process, with progress")
+    def active_runs() -> list[dict[str, Any]]:
+        return service.active_runs()
+
+    @app.get("/api/runs/{run_id}/state", summary="A handed run's state and progress")
+    def run_state(run_id: str) -> dict[str, Any]:
+        return service.run_state(run_id)
 
     @app.get("/api/runs", summary="Run reports, newest first")
     def runs() -> list[dict[str, Any]]:

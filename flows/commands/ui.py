@@ -4,7 +4,9 @@
     mediabind ui --host 0.0.0.0 --token "$(openssl rand -hex 16)"
 
 It reads the same store, settings and collection as ``mediabind search``. An
-embedded store admits one process: while the page runs, it holds the store.
+embedded store admits one process: while the page runs it holds the store, and
+runs started meanwhile (`mediabind ingest`, scheduled flows) are handed to it
+(``flows.handoff``), so search stays up while they ingest.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
+from typing import Any
 
 from schemas import Settings
 
@@ -63,10 +66,23 @@ def run(args: argparse.Namespace) -> int:
     sock = bound_socket(host, port)  # bound first, so the URL printed is the real one
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"mediabind ui: http://{shown}:{bound_port}/{'?token=TOKEN' if token else ''} "
-          f"(collection {settings.collection!r}; Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    url = f"http://{shown}:{bound_port}/"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    local = url.replace(f"//{shown}", "//127.0.0.1") if not is_loopback(bound_host) else url
+    with handed_runs(settings, local, token):  # announced before the URL is printed
+        print(f"mediabind ui: {url}{'?token=TOKEN' if token else ''} "
+              f"(collection {settings.collection!r}; Ctrl-C stops)", flush=True)
+        server.run(sockets=[sock])
     return 0
+
+
+def handed_runs(settings: Settings, url: str, token: str | None) -> Any:
+    """While the page runs, runs of its embedded store come to it (``flows.handoff``)."""
+    from contextlib import nullcontext
+
+    from flows.handoff import beacon
+
+    return nullcontext() if settings.store_kind == "server" else beacon(settings, url, token)
 
 
 def bound_socket(host: str, port: int) -> socket.socket:

@@ -35,7 +35,28 @@ async function showRun(runId) {
   history.replaceState(null, "", `/runs?run=${encodeURIComponent(runId)}`);
 }
 
+// Runs handed to this page's process (`mediabind ingest` while the page holds the store).
+function progressLine(p) {
+  if (!p) return "starting…";
+  const rate = p.elapsed_s > 0 ? (p.items_done / p.elapsed_s).toFixed(1) : "0";
+  return `${p.items_done}/${p.items_total ?? "?"} items, ${p.segments_done} segments, ${rate} items/s`;
+}
+
+async function pollActive() {
+  try {
+    const active = await getJson("/api/runs/active");
+    $("active").hidden = active.length === 0;
+    $("active-runs").replaceChildren(...active.map((r) => {
+      const li = document.createElement("li");
+      li.textContent = `${r.run_id} ${r.source}: ${progressLine(r.progress)}`;
+      return li;
+    }));
+  } catch (err) { /* the list below says what is wrong */ }
+  setTimeout(pollActive, 2000);
+}
+
 (async () => {
+  pollActive();
   try {
     const runs = await getJson("/api/runs");
     $("status").textContent = runs.length ? `${runs.length} runs, newest first` : "No runs yet.";
