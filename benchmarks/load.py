@@ -6,16 +6,15 @@ Builds a store of ``--points`` random unit vectors (1024-d) in a temporary
 folder and runs the same number of queries at each concurrency level, every
 client a thread. Modes:
 
-- ``edge+lock``: the supported model for the embedded store — one handle per
-  process, shared by all threads behind one lock (calls are serialised);
-- ``edge nolock``: the same handle with no lock, to show what the engine
-  does with concurrent calls (informative; not the supported model);
+- ``edge``: the embedded store as every caller gets it — one handle per
+  process, shared by all threads; the store serialises its engine calls itself
+  (``search.backends.serial``);
 - ``server``: when ``QDRANT_URL`` is set, one qdrant-client handle shared by
   the threads (a server takes concurrent requests).
 
 Then search latency while a writer upserts batches of 256 points into the
 same store (the worst case of a run: the writer never waits on a model),
-against idle. Ratios are against the 1-client p50 of the same mode, measured
+against idle, with no lock of the caller's own. Ratios are against the 1-client p50 of the same mode, measured
 in the same run, so they hold across machines better than the milliseconds.
 """
 
@@ -31,7 +30,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +108,9 @@ def run_clients(search: Callable[[np.ndarray], Any], queries: np.ndarray,
             "first_error": errors[0] if errors else None}
 
 
-def concurrency_table(store: VectorStore, queries: np.ndarray, locked: bool) -> list[dict]:
-    guard = threading.Lock() if locked else None
-
+def concurrency_table(store: VectorStore, queries: np.ndarray) -> list[dict]:
     def search(q: np.ndarray) -> Any:
-        with guard or nullcontext():
-            return store.search(q, limit=10)
+        return store.search(q, limit=10)
 
     rows = [run_clients(search, queries, c) for c in CLIENTS]
     for row in rows:
@@ -125,12 +120,10 @@ def concurrency_table(store: VectorStore, queries: np.ndarray, locked: bool) -> 
 
 def search_while_writing(store: VectorStore, queries: np.ndarray, rng: np.random.Generator,
                          first_id: int) -> dict[str, Any]:
-    """One searching thread, idle and then beside a writer; the same lock for both."""
-    guard = threading.Lock()
+    """One searching thread, idle and then beside a writer, on one shared handle."""
 
     def search(q: np.ndarray) -> Any:
-        with guard:
-            return store.search(q, limit=10)
+        return store.search(q, limit=10)
 
     idle = run_clients(search, queries, 1)
     stop, written = threading.Event(), [0]
@@ -139,8 +132,7 @@ def search_while_writing(store: VectorStore, queries: np.ndarray, rng: np.random
         next_id = first_id
         while not stop.is_set():
             batch = records(unit_vectors(rng, WRITE_BATCH), next_id)
-            with guard:
-                store.write(batch)
+            store.write(batch)
             next_id += WRITE_BATCH
             written[0] += WRITE_BATCH
 
@@ -162,8 +154,7 @@ def edge_figures(points: int, queries: np.ndarray, rng: np.random.Generator) -> 
         build_s = time.perf_counter() - started
         try:
             out = {"build_s": build_s,
-                   "edge+lock": concurrency_table(store, queries, locked=True),
-                   "edge nolock": concurrency_table(store, queries, locked=False),
+                   "edge": concurrency_table(store, queries),
                    "search_while_ingesting": search_while_writing(store, queries, rng, points)}
             out["points_after"] = store.count()
             return out
@@ -199,8 +190,7 @@ def main() -> None:
                "cpus": os.cpu_count(), "edge": edge_figures(args.points, queries, rng)}
     if os.environ.get("QDRANT_URL"):
         figures["server"] = server_figures(args.points, queries, rng)
-    for mode in ("edge+lock", "edge nolock"):
-        print_table(mode, figures["edge"][mode])
+    print_table("edge", figures["edge"]["edge"])
     if "server" in figures:
         print_table("server", figures["server"]["server"])
     mixed = figures["edge"]["search_while_ingesting"]

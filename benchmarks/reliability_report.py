@@ -501,7 +501,9 @@ def render_hostile(data: dict[str, Any]) -> str:
 
 # --- load (benchmarks/load.py) -------------------------------------------------------------------
 
-LOAD_MODES = (("edge+lock", "edge + lock (supported)"),
+# "edge": one shared handle, the store serialising its calls; the two after it are the
+# modes of figures measured before the store did (a caller's lock, or none).
+LOAD_MODES = (("edge", "edge, one shared handle"), ("edge+lock", "edge + lock (supported)"),
               ("edge nolock", "edge, no lock (informative)"), ("server", "server"))
 
 

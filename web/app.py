@@ -65,25 +65,51 @@ def create_app(settings: Settings | None = None, *, token: str | None = None,
 
 
 def _guard(app: FastAPI, token: str | None, max_body: int) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
+    app.add_middleware(Guard, token=token, max_body=max_body)
+
+
+class Guard:
+    """Refuses, before any route runs, a body of unknown or excessive size and a request
+    without the token. Plain ASGI: it adds nothing to the requests it lets through."""
+
+    def __init__(self, app: Any, token: str | None, max_body: int) -> None:
+        self.app, self.token, self.max_body = app, token, max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        if self.token is None or not request.query_params.get("token"):
+            return await self.app(scope, receive, send)
+        cookie = Response()
+        cookie.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+        extra = [h for h in cookie.raw_headers if h[0] == b"set-cookie"]
+
+        async def send_with_cookie(message: Any) -> None:  # the page's images carry it
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+    def _refusal(self, request: Request) -> Response | None:
         length = request.headers.get("content-length")
         if request.method in ("POST", "PUT", "PATCH"):
             if length is None or not length.isdigit():
                 return _error(411, "send a Content-Length (uploads are size-checked first)")
-            if int(length) > max_body:
-                return _error(413, f"the request is {length} bytes; the most is {max_body} "
-                                   "(MEDIABIND_MAX_QUERY_BYTES per upload)")
-        if token is None:
-            return await call_next(request)
+            if int(length) > self.max_body:
+                return _error(413, f"the request is {length} bytes; the most is "
+                                   f"{self.max_body} (MEDIABIND_MAX_QUERY_BYTES per upload)")
+        if self.token is None:
+            return None
         given = _given_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+        if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             return _error(401, "this server needs its token: open the page as "
                                "/?token=TOKEN, or send Authorization: Bearer TOKEN")
-        response = await call_next(request)
-        if request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        return response
+        return None
 
 
 def _given_token(request: Request) -> str | None:
@@ -149,7 +175,7 @@ def _api(app: FastAPI, service: Service) -> None:
                    modality: Annotated[list[str], Query()] = [],  # noqa: B006
                    archive: str | None = None, from_s: float | None = None,
                    to_s: float | None = None, limit: int = 12, offset: int = 0,
-                   moments: int = 3) -> dict[str, Any]:
+                   moments: int = 3) -> JSONResponse:
         request = SearchRequest(text=text, like=like, negative_text=negative_text, kinds=kind,
                                 modalities=modality, archive=archive, from_s=from_s,
                                 to_s=to_s, limit=limit, offset=offset, moments=moments)
@@ -159,7 +185,7 @@ def _api(app: FastAPI, service: Service) -> None:
     def search_post(request: Annotated[str, Form()] = "{}",
                     file: Annotated[list[UploadFile], File()] = [],  # noqa: B006
                     negative_file: Annotated[list[UploadFile], File()] = [],  # noqa: B006
-                    ) -> dict[str, Any]:
+                    ) -> JSONResponse:
         try:
             parsed = SearchRequest.model_validate(json.loads(request))
         except json.JSONDecodeError as exc:
@@ -215,11 +241,13 @@ def _api(app: FastAPI, service: Service) -> None:
         return service.run(run_id)
 
 
-def _results(service: Service, request: SearchRequest, results: Any) -> dict[str, Any]:
+def _results(service: Service, request: SearchRequest, results: Any) -> JSONResponse:
     hits = [hit_json(hit) for hit in results]
-    return {"collection": service.settings.collection, "request": request.model_dump(),
-            "offset": request.offset, "limit": request.limit,
-            "more": len(hits) == request.limit, "hits": hits}
+    # Plain JSON values already: a JSONResponse skips FastAPI's generic re-encoding.
+    return JSONResponse({"collection": service.settings.collection,
+                         "request": request.model_dump(), "offset": request.offset,
+                         "limit": request.limit, "more": len(hits) == request.limit,
+                         "hits": hits})
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
