@@ -303,3 +303,34 @@ def test_a_store_held_by_another_process_is_named_not_a_stack_trace(store, tmp_p
         assert f"pid {holder.pid}" in detail and "let that run finish" in detail
     finally:
         holder.communicate("done\n", timeout=30)
+
+
+def test_a_member_of_a_plain_tar_is_read_by_range_not_through_the_archive(tmp_path):
+    import os
+    import tarfile
+
+    import psutil
+    from search_helpers import settings_for
+
+    from flows.run import start_run
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.bin").write_bytes(os.urandom(8 << 20))  # read through, it would cost 8 MiB
+    Image.new("RGB", (40, 30), "green").save(work / "green.png")
+    archive = tmp_path / "plain.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(work / "big.bin", arcname="big.bin")
+        tar.add(work / "green.png", arcname="late/green.png")
+    settings = settings_for(tmp_path / "home")
+    start_run(str(archive), settings, executor="local")
+
+    with TestClient(create_app(settings)) as api:
+        hit = api.get("/api/search", params={"text": "green", "kind": "image"}).json()["hits"][0]
+        before = psutil.Process().io_counters().read_chars
+        served = api.get(hit["media_url"], params={"original": True})
+        read = psutil.Process().io_counters().read_chars - before
+
+    assert hit["member"] == "late/green.png" and served.status_code == 200
+    assert hashlib.sha256(served.content).hexdigest() == hit["item_id"]
+    assert read < 1 << 20, f"read {read} bytes to serve a {len(served.content)}-byte member"

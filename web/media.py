@@ -10,7 +10,10 @@ archive, nested archives continuing with ``!/``) and what its bytes were
   and its size and sha256 still match (checked once per file version);
 - an archive member (``.tar``, ``.tar.gz``, ``.zip``; any depth of nesting,
   local or any fsspec URL), extracted once, by name, into a cache under
-  ``MEDIABIND_HOME/web/media`` and kept only when its sha256 is the item's;
+  ``MEDIABIND_HOME/web/media`` and kept only when its sha256 is the item's. A
+  member of an uncompressed source .tar/.zip is read by range through the
+  archive's kept member index (``ingest.sources.open_indexed_member``); others
+  are found by reading the archive up to them;
 - for players, video or audio a browser cannot play (MPEG-2, AVI, MKV, HEVC,
   ...) transcoded once into an H.264/AAC MP4 (audio: AAC in M4A) in the same
   cache, and served from there.
@@ -85,6 +88,7 @@ class MediaCache:
     """Extracted members, transcodes and verified loose files of one ``MEDIABIND_HOME``."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.root = settings.home / "web" / "media"
         self.max_bytes = settings.max_member_bytes
         self._locks: dict[str, threading.Lock] = {}
@@ -143,8 +147,11 @@ class MediaCache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".extract-") as tmp:
             work = Path(tmp)
-            with _opened(outer) as stream:
-                current = _member_to_file(stream, outer, members[0], work / "m0", self.max_bytes)
+            current = self._by_range(outer, members[0], work / "m0")
+            if current is None:
+                with _opened(outer) as stream:
+                    current = _member_to_file(stream, outer, members[0], work / "m0",
+                                              self.max_bytes)
             for depth, member in enumerate(members[1:], start=1):
                 with current.open("rb") as stream:
                     current = _member_to_file(stream, members[depth - 1], member,
@@ -154,6 +161,20 @@ class MediaCache:
                 raise MediaRefused("the archive member changed since it was ingested; "
                                    "ingest it again", 409)
             os.replace(current, cached)
+
+    def _by_range(self, archive: str, member: str, out: Path) -> Path | None:
+        """The member read by range through the archive's kept index (an uncompressed
+        .tar/.zip source split into shards); None: read the archive through instead."""
+        from ingest.sources import open_indexed_member
+
+        try:
+            reader = open_indexed_member(archive, member, self.settings)
+        except MemberRejected as exc:
+            raise MediaRefused(f"the archive entry was refused: {exc}") from None
+        if reader is None:
+            return None
+        with reader:
+            return _copy_out(reader, out, self.max_bytes)
 
     # --- what a player plays ---------------------------------------------------------
 

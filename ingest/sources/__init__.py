@@ -204,6 +204,38 @@ def _keep(index: Any, path: Path) -> None:
                                             index.uri, path, exc)
 
 
+def open_indexed_member(archive: str, member: str, settings: Settings) -> BinaryIO | None:
+    """One member of a source .tar/.zip, read by range through the archive's kept index
+    (``kept_index``) when that index describes the archive as it is now; None when
+    there is no such index or it lists no such member (read the archive through then).
+    MemberRejected for a member the index refused."""
+    from ingest.member_index import archive_identity, open_member, read_index
+
+    path = kept_index_path(archive, settings)
+    if not splittable(archive) or not path.is_file():
+        return None
+    try:
+        index = read_index(str(path))
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    fs, at = _archive_fs(archive)
+    if (index.size, index.version) != archive_identity(fs, at):
+        return None  # the archive changed since it was indexed
+    entry = next((e for e in index.entries if _clean_name(e.name) == member), None)
+    if entry is None:
+        return None
+    return open_member(fs, at, entry, max_compression_ratio=settings.max_compression_ratio)
+
+
+def _clean_name(name: str) -> str | None:
+    from ingest.sources.safety import MemberRejected, safe_member_path
+
+    try:
+        return safe_member_path(name)
+    except MemberRejected:
+        return None
+
+
 def kept_index_path(archive: str, settings: Settings) -> Path:
     """Per archive and per limits that shape the index (its members' verdicts, its end)."""
     limits = hashlib.sha256(f"{settings.max_members}|{settings.max_compression_ratio}"
