@@ -44,6 +44,7 @@ class Beacon:
     url: str
     token: str | None
     store_dir: str
+    run_secret: str = ""  # what POST /api/runs must carry (web.app.Guard)
 
     def alive(self) -> bool:
         if self.space != pid_space():
@@ -62,12 +63,12 @@ def beacon_path(settings: Settings) -> Path:
 
 
 @contextmanager
-def beacon(settings: Settings, url: str, token: str | None) -> Iterator[Path]:
+def beacon(settings: Settings, url: str, token: str | None, run_secret: str) -> Iterator[Path]:
     """Announce this process's UI for runs to be handed to, while the block runs."""
     path = beacon_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"pid": os.getpid(), "space": pid_space(), "url": url, "token": token,
-              "store_dir": str(settings.qdrant_dir.resolve())}
+              "store_dir": str(settings.qdrant_dir.resolve()), "run_secret": run_secret}
     part = path.with_name(f".ui.json.{os.getpid()}")
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -107,8 +108,9 @@ def run_settings(settings: Settings) -> dict[str, Any]:
 def hand_over(ui: Beacon, source: str, settings: Settings, *, executor: str, run_id: str,
               manifest: str | None, progress: Any = None) -> dict[str, Any]:
     """Run in the UI's process; its final state (``report_dir`` among it) once it ends."""
-    body = {"source": source, "executor": executor, "run_id": run_id, "manifest": manifest,
-            "settings": run_settings(settings)}
+    manifest = str(Path(manifest).expanduser().resolve()) if manifest else None  # ours, not
+    body = {"source": source, "executor": executor, "run_id": run_id,  # the ui's, cwd
+            "manifest": manifest, "settings": run_settings(settings)}
     _call(ui, "POST", "/api/runs", body)
     while True:
         state = _call(ui, "GET", f"/api/runs/{run_id}/state")
@@ -125,6 +127,7 @@ def _call(ui: Beacon, method: str, path: str, body: dict | None = None) -> dict[
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(ui.url.rstrip("/") + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    request.add_header("X-Mediabind-Run-Secret", ui.run_secret)
     if ui.token:
         request.add_header("Authorization", f"Bearer {ui.token}")
     try:

@@ -26,6 +26,7 @@ policy reads them from here.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,10 +171,13 @@ def handed_run(ui: Any, checked: CheckedRun, settings: Settings, executor: str,
     from embed_workers.report import RunReport
     from flows.handoff import HandoffError, hand_over
 
+    handed_at = time.time()
     state = hand_over(ui, checked.source, settings, executor=executor, run_id=checked.run_id,
                       manifest=manifest, progress=progress)
     folder = settings.runs_path / checked.run_id
-    if state["state"] == "failed" and not (folder / "report.json").is_file():
+    report = folder / "report.json"
+    fresh = report.is_file() and report.stat().st_mtime >= handed_at - 1  # not an old run's
+    if not fresh:
         raise HandoffError(f"the run failed in the mediabind ui (pid {ui.pid}): "
                            f"{state.get('error')}")
     return RunOutcome(RunReport.read(folder), state["collection"], settings.collection,

@@ -22,6 +22,7 @@ from web_helpers import web_store
 from search import MediaSearch
 from web.app import create_app
 
+LOOPBACK = "http://127.0.0.1"  # without a token the page answers at loopback names only
 pytestmark = pytest.mark.slow  # ffmpeg + the tiny model ingest: seconds for the module
 
 
@@ -32,7 +33,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(store):
-    with TestClient(create_app(store.settings)) as client:
+    with TestClient(create_app(store.settings), base_url=LOOPBACK) as client:
         yield client
 
 
@@ -187,7 +188,7 @@ def test_a_file_changed_or_replaced_by_a_link_is_not_served(tmp_path):
     (folder / "linked.txt").unlink()
     (folder / "linked.txt").symlink_to(secret)
 
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), base_url=LOOPBACK) as api:
         hits = api.get("/api/search", params={"text": "a note", "limit": 10}).json()["hits"]
         served = {h["member"]: api.get(h["media_url"], params={"original": True})
                   for h in hits}
@@ -227,25 +228,59 @@ def test_uploads_of_no_media_kind_or_too_large_are_refused(store, reference):
 
     settings = store.settings.model_copy(update={"max_query_bytes": 10_000})
     service = Service(settings, client=reference)  # the store stays with the module's app
-    with TestClient(create_app(settings, service=service)) as api:
+    with TestClient(create_app(settings, service=service), base_url=LOOPBACK) as api:
         junk = api.post("/api/search", files=[("file", ("x.bin", b"\x00\x01" * 100, "x/y"))])
         big = api.post("/api/search", files=[("file", ("big.wav", b"\0" * 2_000_000, "audio/wav"))])
         over = api.post("/api/search", files=[("file", ("w.wav", b"\0" * 20_000, "audio/wav"))])
     assert junk.status_code == 400 and "not a media kind" in junk.json()["detail"]
     assert big.status_code == 413
-    assert over.status_code == 400 and "larger than 10000 bytes" in over.json()["detail"]
+    assert over.status_code == 413 and "larger than 10000 bytes" in over.json()["detail"]
     assert not list((store.settings.home / "tmp").glob("mediabind-upload-*"))  # cleaned up
 
 
 def test_a_token_is_required_when_set(store, api):
     service = api.app.state.service
-    with TestClient(create_app(store.settings, token="s3cret", service=service)) as api:
+    with TestClient(create_app(store.settings, token="s3cret", service=service), base_url=LOOPBACK) as api:
         assert api.get("/api/info").status_code == 401
         assert api.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert api.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         first = api.get("/", params={"token": "s3cret"})  # the page's link sets a cookie
         assert first.status_code == 200
         assert api.get("/api/info").status_code == 200  # the cookie carries it now
+
+
+def test_a_file_named_like_a_page_is_served_as_what_its_bytes_are(tmp_path):
+    from search_helpers import settings_for
+
+    from flows.run import start_run
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    picture = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(picture, "PNG")
+    (folder / "trick.html").write_bytes(picture.getvalue() + b"<script>alert(1)</script>")
+    settings = settings_for(tmp_path / "home")
+    start_run(str(folder), settings, executor="local")
+    with TestClient(create_app(settings), base_url=LOOPBACK) as api:
+        hit, = api.get("/api/search", params={"text": "x"}).json()["hits"]
+        served = api.get(hit["media_url"], params={"original": True})
+    assert hit["kind"] == "image" and served.status_code == 200
+    assert served.headers["content-type"] == "image/png"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert served.headers["content-security-policy"] == "sandbox"
+
+
+def test_without_a_token_only_loopback_names_are_answered(api):
+    rebound = api.get("/api/info", headers={"Host": "attacker.example:8765"})
+    assert rebound.status_code == 421 and "--token" in rebound.json()["detail"]
+    assert api.get("/api/info", headers={"Host": "localhost:8765"}).status_code == 200
+
+
+def test_a_run_is_taken_only_with_the_run_secret(api, store):
+    body = {"source": str(store.media), "run_id": "r-from-outside"}
+    refused = api.post("/api/runs", json=body)
+    assert refused.status_code == 403  # this app was made with no run secret
+    assert api.get("/api/runs/r-from-outside/state").status_code == 404
 
 
 def test_the_openapi_schema_is_served(api):
@@ -296,7 +331,7 @@ def test_a_store_held_by_another_process_is_named_not_a_stack_trace(store, tmp_p
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        with TestClient(create_app(settings)) as api:
+        with TestClient(create_app(settings), base_url=LOOPBACK) as api:
             response = api.get("/api/info")
         assert response.status_code == 503
         detail = response.json()["detail"]
@@ -325,7 +360,7 @@ def test_a_member_of_a_plain_tar_is_read_by_range_not_through_the_archive(tmp_pa
     settings = settings_for(tmp_path / "home")
     start_run(str(archive), settings, executor="local")
 
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), base_url=LOOPBACK) as api:
         hit = api.get("/api/search", params={"text": "green", "kind": "image"}).json()["hits"][0]
         before = psutil.Process().io_counters().read_chars
         served = api.get(hit["media_url"], params={"original": True})

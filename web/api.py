@@ -10,6 +10,7 @@ alike for the same inputs. Everything here goes through ``MediaSearch``'s and
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
 import threading
@@ -27,8 +28,13 @@ from search.query import keyword_for_file
 from web.media import MediaCache
 from web.thumbs import Thumbnails
 
+log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 RUNS_LISTED = 200
+
+
+class UploadTooLarge(ValueError):
+    """An upload beyond ``MEDIABIND_MAX_QUERY_BYTES`` (HTTP 413)."""
 
 
 class RunRequest(BaseModel):
@@ -85,9 +91,16 @@ class Service:
         self.thumbs = Thumbnails(settings, self.media)
         self._runs: dict[str, dict[str, Any]] = {}  # handed runs: run id -> state
         self._runs_lock = threading.Lock()
+        self._one_run = threading.Lock()  # handed runs go one after another
+        self._threads: list[threading.Thread] = []
+        self._closing = False
 
     def close(self) -> None:
-        """Close the search client (and so the store) if this service opened it."""
+        """Let handed runs finish (refusing new ones), then close the search client (and so
+        the store) if this service opened it."""
+        self._closing = True
+        for thread in self._threads:
+            thread.join()
         if self._owns_client:
             self.client.close()
 
@@ -146,13 +159,17 @@ class Service:
         settings = self.settings.model_copy(
             update={k: getattr(checked, k) for k in request.settings})  # on this store
         with self._runs_lock:
+            if self._closing:
+                raise ValueError("this mediabind ui is stopping; run again once it has")
             if self._runs.get(request.run_id, {}).get("state") == "running":
-                raise ValueError(f"run {request.run_id} is already running here")
+                return dict(self._runs[request.run_id])  # the caller again: it follows it
             state = {"run_id": request.run_id, "source": request.source, "state": "running",
                      "progress": None, "error": None, "collection": None, "searched": None}
             self._runs[request.run_id] = state
-        threading.Thread(target=self._run, args=(request, settings, state), daemon=True,
-                         name=f"run-{request.run_id}").start()
+            thread = threading.Thread(target=self._run, args=(request, settings, state),
+                                      daemon=True, name=f"run-{request.run_id}")
+            self._threads.append(thread)
+        thread.start()
         return dict(state)
 
     def _run(self, request: RunRequest, settings: Settings, state: dict[str, Any]) -> None:
@@ -168,15 +185,20 @@ class Service:
             state["progress"] = asdict(progress)
 
         try:
-            outcome = start_run(request.source, settings, executor="local",
-                                run_id=request.run_id, manifest=request.manifest,
-                                progress=record, store=store)
-            state.update(collection=outcome.collection, searched=outcome.searched)
-            store.optimize_if_due()
-            state["state"] = "failed" if outcome.report.error else "done"
-            state["error"] = outcome.report.error
+            with self._one_run:
+                outcome = start_run(request.source, settings, executor="local",
+                                    run_id=request.run_id, manifest=request.manifest,
+                                    progress=record, store=store)
         except Exception as exc:  # noqa: BLE001 - the state carries it to the caller
             state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        state.update(collection=outcome.collection, searched=outcome.searched,
+                     state="failed" if outcome.report.error else "done",
+                     error=outcome.report.error)
+        try:  # what a closing store would do; an extra, never the run's outcome
+            store.optimize_if_due()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("the vector index was not built after run %s: %s", request.run_id, exc)
 
     def run_state(self, run_id: str) -> dict[str, Any]:
         with self._runs_lock:
@@ -259,6 +281,6 @@ def _copy_capped(stream: Any, path: Path, max_bytes: int, name: str) -> None:
         while chunk := stream.read(1 << 20):
             copied += len(chunk)
             if copied > max_bytes:
-                raise ValueError(f"the upload {name!r} is larger than {max_bytes} bytes "
+                raise UploadTooLarge(f"the upload {name!r} is larger than {max_bytes} bytes "
                                  "(MEDIABIND_MAX_QUERY_BYTES)")
             out.write(chunk)

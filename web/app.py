@@ -27,19 +27,23 @@ from pydantic import ValidationError
 from schemas import Settings, get_settings
 from search import Hit, ModelMismatchError, Moment
 from search.backends.lock import StoreLockedError
-from web.api import RunRequest, SearchRequest, Service, saved_uploads
-from web.media import MediaRefused, StoredFile
+from search.records import check_id
+from web.api import RunRequest, SearchRequest, Service, UploadTooLarge, saved_uploads
+from web.media import SAFE_HEADERS, TRANSCODED, MediaRefused, StoredFile, served_type
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "mediabind_token"
 FORM_OVERHEAD = 1 << 20  # multipart boundaries and the request field, beyond the files
 MAX_UPLOADS = 8
+RUN_SECRET_HEADER = "X-Mediabind-Run-Secret"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def create_app(settings: Settings | None = None, *, token: str | None = None,
-               service: Service | None = None) -> FastAPI:
+               service: Service | None = None, run_secret: str | None = None) -> FastAPI:
     """The app on ``service`` (default: a new one on ``settings``, closed with the app;
-    one handed in stays open for its owner)."""
+    one handed in stays open for its owner). ``run_secret``: what a run handed to this
+    server (``flows.handoff``) must carry; None: it takes no runs."""
     settings = settings or get_settings()
     owned = service is None
     service = service or Service(settings)
@@ -54,7 +58,8 @@ def create_app(settings: Settings | None = None, *, token: str | None = None,
                   openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.state.service = service
-    _guard(app, token, settings.max_query_bytes * MAX_UPLOADS + FORM_OVERHEAD)
+    app.add_middleware(Guard, token=token, run_secret=run_secret,
+                       max_body=settings.max_query_bytes * MAX_UPLOADS + FORM_OVERHEAD)
     _errors(app)
     _pages(app)
     _api(app, service)
@@ -64,16 +69,15 @@ def create_app(settings: Settings | None = None, *, token: str | None = None,
 # --- requests that get no further ----------------------------------------------------------
 
 
-def _guard(app: FastAPI, token: str | None, max_body: int) -> None:
-    app.add_middleware(Guard, token=token, max_body=max_body)
-
-
 class Guard:
-    """Refuses, before any route runs, a body of unknown or excessive size and a request
-    without the token. Plain ASGI: it adds nothing to the requests it lets through."""
+    """Refuses, before any route runs: a body of unknown or excessive size; without a
+    token, a request to a name other than loopback's (a page elsewhere reaching this one
+    through DNS rebinding); with one, a request without it; a handed run without the
+    run secret. Plain ASGI: it adds nothing to the requests it lets through."""
 
-    def __init__(self, app: Any, token: str | None, max_body: int) -> None:
-        self.app, self.token, self.max_body = app, token, max_body
+    def __init__(self, app: Any, token: str | None, run_secret: str | None,
+                 max_body: int) -> None:
+        self.app, self.token, self.run_secret, self.max_body = app, token, run_secret, max_body
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -103,7 +107,17 @@ class Guard:
             if int(length) > self.max_body:
                 return _error(413, f"the request is {length} bytes; the most is "
                                    f"{self.max_body} (MEDIABIND_MAX_QUERY_BYTES per upload)")
+        if request.url.path == "/api/runs" and request.method == "POST":
+            secret = request.headers.get(RUN_SECRET_HEADER, "")
+            if self.run_secret is None or not hmac.compare_digest(secret.encode(),
+                                                                  self.run_secret.encode()):
+                return _error(403, "runs are handed here only by mediabind itself "
+                                   "(flows.handoff, with the secret in MEDIABIND_HOME)")
         if self.token is None:
+            if request.url.hostname not in LOOPBACK_NAMES:
+                return _error(421, f"this page answers at loopback names only, not "
+                                   f"{request.url.hostname!r}; serve it with --token to "
+                                   "reach it by other names")
             return None
         given = _given_token(request)
         if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
@@ -122,6 +136,7 @@ def _given_token(request: Request) -> str | None:
 def _errors(app: FastAPI) -> None:
     statuses: tuple[tuple[type[Exception], int], ...] = (
         (StoreLockedError, 503), (ModelMismatchError, 409), (MediaRefused, 404),
+        (UploadTooLarge, 413),
         (KeyError, 404), (LookupError, 404), (FileNotFoundError, 404), (ValueError, 400),
         (ValidationError, 422),
     )
@@ -204,9 +219,10 @@ def _api(app: FastAPI, service: Service) -> None:
 
     @app.get("/api/points/{point_id}/thumb", summary="The picture of a point's moment (PNG)")
     def thumb(point_id: str) -> FileResponse:
+        point_id = check_id(point_id)  # one spelling per point: one cached picture
         path = service.thumbs.of(point_id, service.point(point_id))
         return FileResponse(path, media_type="image/png",
-                            headers={"Cache-Control": "private, max-age=86400"})
+                            headers={"Cache-Control": "private, max-age=86400", **SAFE_HEADERS})
 
     @app.get("/api/points/{point_id}/media",
              summary="The file of a point, playable (Range requests served)")
@@ -214,10 +230,12 @@ def _api(app: FastAPI, service: Service) -> None:
         stored = StoredFile.of(service.point(point_id))
         path = service.media.original(stored) if original else service.media.playable(stored)
         name = Path(stored.member).name or "media"
-        if path.suffix and path.suffix != Path(name).suffix:
+        if path.suffix in TRANSCODED:
             name = f"{Path(name).stem}{path.suffix}"
-        return FileResponse(path, filename=name, content_disposition_type="inline",
-                            headers={"Cache-Control": "private, max-age=3600"})
+        media_type, disposition = served_type(stored, path)
+        return FileResponse(path, media_type=media_type, filename=name,
+                            content_disposition_type=disposition,
+                            headers={"Cache-Control": "private, max-age=3600", **SAFE_HEADERS})
 
     @app.post("/api/runs", status_code=202,
               summary="Take a run over (flows.handoff): it runs in this process")

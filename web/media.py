@@ -18,8 +18,13 @@ archive, nested archives continuing with ``!/``) and what its bytes were
   ...) transcoded once into an H.264/AAC MP4 (audio: AAC in M4A) in the same
   cache, and served from there.
 
-Anything else is refused with ``MediaRefused`` (the page's 404/409), and no
-byte outside what the store lists is read. Range requests are the HTTP
+Anything else is refused with ``MediaRefused`` (the page's 404/409): no file
+the store does not list is opened. (A loose file is hashed whole once per
+version before it is first served; an archive is read up to the member unless
+its kept index allows a range read. The file is then served by its verified
+real path: whoever may write into the source folder could still swap it between
+the check and the read, a window we accept.) Files go out with the type ingest
+found their bytes to be (``served_type``), never one guessed from their name. Range requests are the HTTP
 layer's work (``web.app``): it serves the file this module returns.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -44,6 +50,10 @@ from ingest.sources.safety import MemberRejected, safe_member_path
 from schemas import Settings
 
 MEMBER_SEP = "!/"
+SHA256 = re.compile(r"[0-9a-f]{64}")
+TRANSCODED = {".mp4": "video/mp4", ".m4a": "audio/mp4"}  # what ``playable`` writes
+# On every served file: no sniffing a type other than the one we send, no script.
+SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 COPY_CHUNK = 1 << 20
 TRANSCODE_TIMEOUT_S = 1800.0
@@ -74,14 +84,35 @@ class StoredFile:
     member: str
     size_bytes: int
     locations: tuple[str, ...]  # every source_uri the bytes were seen at
+    mime: str = "application/octet-stream"
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> StoredFile:
+        """From a point's payload; MediaRefused when its item id is not a sha256 (it
+        names cache files, so nothing else may reach a path)."""
+        item_id = str(payload.get("item_id", ""))
+        if not SHA256.fullmatch(item_id):
+            raise MediaRefused("this point's item id is not the sha256 of its bytes")
         uris = payload.get("source_uri") or ()
         uris = (uris,) if isinstance(uris, str) else tuple(uris)
-        return cls(str(payload.get("item_id", "")), str(payload.get("kind", "")),
-                   str(payload.get("archive", "")), str(payload.get("member", "")),
-                   int(payload.get("size_bytes") or 0), uris)
+        return cls(item_id, str(payload.get("kind", "")), str(payload.get("archive", "")),
+                   str(payload.get("member", "")), int(payload.get("size_bytes") or 0), uris,
+                   str(payload.get("mime") or "application/octet-stream"))
+
+
+def served_type(stored: StoredFile, path: Path) -> tuple[str, str]:
+    """(Content-Type, disposition) to serve a file as. The type comes from what ingest
+    found the bytes to be, never from the member's name: a photo named ``x.html`` is
+    still a photo. Only media and plain text are shown inline (text as text/plain);
+    anything else, and scriptable images (SVG), is a download."""
+    if path.suffix in TRANSCODED:
+        return TRANSCODED[path.suffix], "inline"
+    major = stored.mime.split("/", 1)[0]
+    if major in ("image", "audio", "video") and "svg" not in stored.mime:
+        return stored.mime, "inline"
+    if stored.kind == "text":
+        return "text/plain; charset=utf-8", "inline"
+    return "application/octet-stream", "attachment"
 
 
 class MediaCache:
@@ -100,7 +131,7 @@ class MediaCache:
     def original(self, stored: StoredFile) -> Path:
         """A local file holding exactly the item's bytes, from the first location that
         still has them; MediaRefused when none does."""
-        if not stored.locations or len(stored.item_id) != 64:
+        if not stored.locations:
             raise MediaRefused("this point records no file location")
         refusals = []
         for location in stored.locations:

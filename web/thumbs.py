@@ -49,7 +49,12 @@ class Thumbnails:
         if target.is_file():
             return target
         stored = StoredFile.of(payload)
-        png = self._draw(stored, payload)
+        try:
+            png = self._draw(stored, payload)
+        except MediaRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ffmpeg, PIL, a decoder: a file's fault
+            raise MediaRefused(f"no picture could be made: {exc}", 409) from None
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(f".{target.name}.{threading.get_ident()}.part")
         part.write_bytes(png)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import secrets
 import socket
+import sys
 from typing import Any
 
 from schemas import Settings
@@ -62,27 +64,48 @@ def run(args: argparse.Namespace) -> int:
     if args.collection:
         settings = settings.model_copy(update={"collection": args.collection})
     host, port, token = listen_settings(args, settings)
-    app = create_app(settings, token=token)
+    run_secret = secrets.token_urlsafe(24)
+    app = create_app(settings, token=token, run_secret=run_secret)
+    hold_store(app)
     sock = bound_socket(host, port)  # bound first, so the URL printed is the real one
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     url = f"http://{shown}:{bound_port}/"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    local = url.replace(f"//{shown}", "//127.0.0.1") if not is_loopback(bound_host) else url
-    with handed_runs(settings, local, token):  # announced before the URL is printed
+    with handed_runs(settings, _reachable_here(url, bound_host, shown), token, run_secret):
+        # announced before the URL is printed: a run started after it finds the page
         print(f"mediabind ui: {url}{'?token=TOKEN' if token else ''} "
               f"(collection {settings.collection!r}; Ctrl-C stops)", flush=True)
         server.run(sockets=[sock])
     return 0
 
 
-def handed_runs(settings: Settings, url: str, token: str | None) -> Any:
+def hold_store(app: Any) -> None:
+    """Open the store now, so the page holds it from the start (runs then come to it);
+    one held by another process is said here and on the page, which keeps trying."""
+    from search.backends.lock import StoreLockedError
+
+    try:
+        app.state.service.client.store  # noqa: B018 - opened on first use
+    except StoreLockedError as exc:
+        print(f"mediabind ui: warning: {exc}", file=sys.stderr, flush=True)
+
+
+def _reachable_here(url: str, host: str, shown: str) -> str:
+    """The URL a process on this machine reaches the page at (a wildcard is not one)."""
+    here = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host)
+    return url.replace(f"//{shown}", f"//{here}") if here else url
+
+
+def handed_runs(settings: Settings, url: str, token: str | None, run_secret: str) -> Any:
     """While the page runs, runs of its embedded store come to it (``flows.handoff``)."""
     from contextlib import nullcontext
 
     from flows.handoff import beacon
 
-    return nullcontext() if settings.store_kind == "server" else beacon(settings, url, token)
+    if settings.store_kind == "server":
+        return nullcontext()
+    return beacon(settings, url, token, run_secret)
 
 
 def bound_socket(host: str, port: int) -> socket.socket:

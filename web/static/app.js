@@ -127,8 +127,15 @@ async function runSearch(state) {
   $("status").textContent = "Searching…";
   $("status").classList.remove("error");
   const started = performance.now();
-  const response = await fetch("/api/search", { method: "POST", body });
-  const data = await response.json();
+  let response, data;
+  try {
+    response = await fetch("/api/search", { method: "POST", body });
+    data = await response.json();
+  } catch (err) {
+    $("status").textContent = `The server did not answer with results (${err.message}).`;
+    $("status").classList.add("error");
+    return;
+  }
   if (!response.ok) {
     $("status").textContent = data.detail || `error ${response.status}`;
     $("status").classList.add("error");
