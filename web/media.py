@@ -46,7 +46,7 @@ from typing import IO, Any
 
 from ingest.ffmpeg_run import FFMPEG_QUIET, run_capture
 from ingest.probe import MediaInfo, ProbeError, probe
-from ingest.sources.safety import MemberRejected, safe_member_path
+from ingest.sources.safety import MemberRejected, recorded_name
 from schemas import Settings
 
 MEMBER_SEP = "!/"
@@ -300,7 +300,7 @@ def _tar_member(stream: IO[bytes], member: str, out: Path, max_bytes: int) -> Pa
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as archive:
             for info in archive:
-                if _clean(info.name) != member:
+                if recorded_name(info.name) != member:
                     continue
                 if not info.isreg():
                     raise MediaRefused("the archive entry is not a regular file")
@@ -313,7 +313,7 @@ def _tar_member(stream: IO[bytes], member: str, out: Path, max_bytes: int) -> Pa
 def _zip_member(stream: IO[bytes], member: str, out: Path, max_bytes: int) -> Path:
     try:
         with zipfile.ZipFile(_seekable(stream, out.with_suffix(".zip"))) as archive:
-            info = next((i for i in archive.infolist() if _clean(i.filename) == member), None)
+            info = next((i for i in archive.infolist() if recorded_name(i.filename) == member), None)
             if info is None:
                 raise MediaRefused("the archive holds no such member")
             if info.is_dir() or info.file_size > max_bytes:
@@ -346,14 +346,6 @@ def _copy_out(src: IO[bytes] | None, out: Path, limit: int) -> Path:
 
 
 # --- small helpers -----------------------------------------------------------------------
-
-
-def _clean(name: str) -> str | None:
-    """A member's name as ingestion recorded it (None: ingestion refused the name)."""
-    try:
-        return safe_member_path(name)
-    except MemberRejected:
-        return None
 
 
 def _real_root(archive: str, location: str) -> Path:

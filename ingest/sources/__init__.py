@@ -210,6 +210,7 @@ def open_indexed_member(archive: str, member: str, settings: Settings) -> Binary
     there is no such index or it lists no such member (read the archive through then).
     MemberRejected for a member the index refused."""
     from ingest.member_index import archive_identity, open_member, read_index
+    from ingest.sources.safety import recorded_name
 
     path = kept_index_path(archive, settings)
     if not splittable(archive) or not path.is_file():
@@ -221,19 +222,10 @@ def open_indexed_member(archive: str, member: str, settings: Settings) -> Binary
     fs, at = _archive_fs(archive)
     if (index.size, index.version) != archive_identity(fs, at):
         return None  # the archive changed since it was indexed
-    entry = next((e for e in index.entries if _clean_name(e.name) == member), None)
+    entry = next((e for e in index.entries if recorded_name(e.name) == member), None)
     if entry is None:
         return None
     return open_member(fs, at, entry, max_compression_ratio=settings.max_compression_ratio)
-
-
-def _clean_name(name: str) -> str | None:
-    from ingest.sources.safety import MemberRejected, safe_member_path
-
-    try:
-        return safe_member_path(name)
-    except MemberRejected:
-        return None
 
 
 def kept_index_path(archive: str, settings: Settings) -> Path:

@@ -61,6 +61,15 @@ def safe_member_path(name: str) -> str:
     return "/".join(parts)
 
 
+def recorded_name(name: str) -> str | None:
+    """A member's name as ingestion records it (``safe_member_path``), or None for a
+    name ingestion refuses: what to compare a stored ``member`` with."""
+    try:
+        return safe_member_path(name)
+    except MemberRejected:
+        return None
+
+
 @dataclass
 class Budget:
     """Counts members and bytes read from one archive (nested archives included).
