@@ -369,3 +369,52 @@ def test_a_member_of_a_plain_tar_is_read_by_range_not_through_the_archive(tmp_pa
     assert hit["member"] == "late/green.png" and served.status_code == 200
     assert hashlib.sha256(served.content).hexdigest() == hit["item_id"]
     assert read < 1 << 20, f"read {read} bytes to serve a {len(served.content)}-byte member"
+
+
+def test_a_member_of_a_zip_inside_a_folder_is_served_as_its_ingested_bytes(tmp_path):
+    import zipfile
+
+    from search_helpers import settings_for
+
+    from flows.run import start_run
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    picture = io.BytesIO()
+    Image.new("RGB", (30, 20), "orange").save(picture, "PNG")
+    with zipfile.ZipFile(folder / "shots.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("day1/orange.png", picture.getvalue())
+    settings = settings_for(tmp_path / "home")
+    start_run(str(folder), settings, executor="local")
+    with TestClient(create_app(settings), base_url=LOOPBACK) as api:
+        hit, = api.get("/api/search", params={"text": "x"}).json()["hits"]
+        served = api.get(hit["media_url"])
+        picture_of_it = api.get(hit["thumb_url"])
+    assert hit["source_uri"].endswith("shots.zip!/day1/orange.png")
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert hashlib.sha256(served.content).hexdigest() == hit["item_id"]
+    assert picture_of_it.status_code == 200
+
+
+def test_a_file_of_an_fsspec_source_is_fetched_once_and_checked(tmp_path):
+    import fsspec
+    from search_helpers import settings_for
+
+    from flows.run import start_run
+
+    memory = fsspec.filesystem("memory")  # an object store in this process: fsspec's own
+    prefix = f"/bucket-{tmp_path.name}/shots"
+    picture = io.BytesIO()
+    Image.new("RGB", (20, 20), "teal").save(picture, "PNG")
+    memory.pipe(f"{prefix}/teal.png", picture.getvalue())
+    memory.pipe(f"{prefix}/note.txt", b"a note in the bucket\n")
+    settings = settings_for(tmp_path / "home")
+    start_run(f"memory:/{prefix}", settings, executor="local")
+    with TestClient(create_app(settings), base_url=LOOPBACK) as api:
+        hits = {h["member"]: h for h in api.get("/api/search", params={"text": "x"}).json()["hits"]}
+        served = api.get(hits["teal.png"]["media_url"])
+        memory.pipe(f"{prefix}/note.txt", b"a note changed since its ingest\n")
+        changed = api.get(hits["note.txt"]["media_url"])
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert hashlib.sha256(served.content).hexdigest() == hits["teal.png"]["item_id"]
+    assert changed.status_code == 409

@@ -43,7 +43,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(max_length=4096)
-    run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    run_id: str = Field(max_length=128)  # checked by start_run (check_run_id)
     executor: str = "local"
     manifest: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -219,10 +219,13 @@ class Service:
         return [_headline(r) for r in (_read_report(p) for p in reports) if r is not None]
 
     def run(self, run_id: str) -> dict[str, Any]:
+        from embed_workers.executors import check_run_id
         from embed_workers.report import summary_text
 
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", run_id) or run_id.startswith("."):
-            raise KeyError(f"no run {run_id!r}")
+        try:
+            check_run_id(run_id)  # it names a folder: the rule every run id follows
+        except ValueError:
+            raise KeyError(f"no run {run_id!r}") from None
         report = _read_report(self.settings.runs_path / run_id / "report.json")
         if report is None:
             raise KeyError(f"no run {run_id!r}")

@@ -7,7 +7,9 @@ archive, nested archives continuing with ``!/``) and what its bytes were
 
 - a loose file of a folder source in place, once its real path is the stored
   member under the source's real root (no symlink leads out of the source)
-  and its size and sha256 still match (checked once per file version);
+  and its size and sha256 still match (checked once per file version); a file of
+  an object store or other fsspec source is copied once into the cache below,
+  kept only when its sha256 is the item's;
 - an archive member (``.tar``, ``.tar.gz``, ``.zip``; any depth of nesting,
   local or any fsspec URL), extracted once, by name, into a cache under
   ``MEDIABIND_HOME/web/media`` and kept only when its sha256 is the item's. A
@@ -156,8 +158,7 @@ class MediaCache:
     def _loose(self, stored: StoredFile, location: str) -> Path:
         path = Path(location.removeprefix("file://"))
         if "://" in location and not location.startswith("file://"):
-            raise MediaRefused("remote loose files are not served yet; only archive "
-                               "members and local files are")
+            return self._fetched(stored, location)
         # The real path must be the stored member under the source's real root: a link
         # inside the source (to anywhere) makes them differ.
         root = _real_root(stored.archive, location)
@@ -174,6 +175,26 @@ class MediaCache:
             self._verified.add(key)
         return real
 
+    def _fetched(self, stored: StoredFile, location: str) -> Path:
+        """A file of an object store or other fsspec source, copied once into the cache
+        (kept only when its sha256 is the item's), then served from there."""
+        with self._one(stored.item_id):
+            cached = self.root / stored.item_id[:2] / f"{stored.item_id}{_suffix(location)}"
+            if cached.is_file():
+                return cached
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".fetch-") as tmp:
+                part = Path(tmp) / "object"
+                with _opened(location) as stream:
+                    _copy_out(stream, part, stored.size_bytes)
+                self._keep_if_ingested(stored, part, cached)
+            return cached
+
+    def _keep_if_ingested(self, stored: StoredFile, part: Path, cached: Path) -> None:
+        if part.stat().st_size != stored.size_bytes or _sha256_file(part) != stored.item_id:
+            raise MediaRefused("the file changed since it was ingested; ingest it again", 409)
+        os.replace(part, cached)
+
     def _extract(self, stored: StoredFile, outer: str, members: list[str], cached: Path) -> None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".extract-") as tmp:
@@ -187,11 +208,7 @@ class MediaCache:
                 with current.open("rb") as stream:
                     current = _member_to_file(stream, members[depth - 1], member,
                                               work / f"m{depth}", self.max_bytes)
-            if current.stat().st_size != stored.size_bytes or \
-                    _sha256_file(current) != stored.item_id:
-                raise MediaRefused("the archive member changed since it was ingested; "
-                                   "ingest it again", 409)
-            os.replace(current, cached)
+            self._keep_if_ingested(stored, current, cached)
 
     def _by_range(self, archive: str, member: str, out: Path) -> Path | None:
         """The member read by range through the archive's kept index (an uncompressed
@@ -324,12 +341,13 @@ def _zip_member(stream: IO[bytes], member: str, out: Path, max_bytes: int) -> Pa
         raise MediaRefused(f"the archive cannot be read: {exc}", 409) from None
 
 
-def _seekable(stream: IO[bytes], spill: Path) -> IO[bytes]:
+def _seekable(stream: IO[bytes], spill: Path) -> IO[bytes] | Path:
+    """The stream when it seeks, else a copy on disk that ZipFile opens (and closes)."""
     if stream.seekable():
         return stream
     with spill.open("wb") as f:
         shutil.copyfileobj(stream, f, COPY_CHUNK)
-    return spill.open("rb")
+    return spill
 
 
 def _copy_out(src: IO[bytes] | None, out: Path, limit: int) -> Path:
