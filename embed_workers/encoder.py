@@ -1,9 +1,12 @@
 """``Encoder``: segments or query inputs → unit vectors, with the model loaded once per process.
 
-``encode_segments`` and ``encode`` preprocess (``embed_workers.preprocess``) on
-the calling thread's CPU; the pipeline instead preprocesses in its decode
-workers and hands ``encode_prepared`` ready tensors, so the encoding thread
-only stacks them and runs the model. The model runs under
+Every route runs the recipe (``embed_workers.preprocess``) in its two halves:
+``pack`` checks an input and makes the compact tensor that crosses (uint8
+frames, waveforms, tokens), and ``finish`` turns a stacked batch of packs into
+model input on the model's device (crops, normalisation, the fbank). The
+pipeline packs in its decode workers and hands ``encode_prepared`` the packs;
+``encode_segments`` and ``encode`` (queries) pack on the calling thread. Either
+way the finishing and the model run here, a batch at a time. The model runs under
 ``torch.inference_mode`` on the chosen device (bf16 autocast on CUDA by
 default). Each modality's tower is built the first time it
 is needed and shared by every Encoder of the process with the same preset,
@@ -29,8 +32,7 @@ from embed_workers.model import (
     resolve_device,
     resolve_dtype,
 )
-from embed_workers.model.imagebind import VIEWS_NDIM
-from embed_workers.prepare import Prepared, from_wire
+from embed_workers.prepare import Prepared
 from schemas import Kind, Modality, Segment, Settings, get_settings, spec
 
 # (modality, kind, data, label for errors): one input, whatever it came from.
@@ -107,63 +109,84 @@ class Encoder:
         return self._encode_items(items)
 
     def encode_prepared(self, inputs: Sequence[Prepared]) -> np.ndarray:
-        """Inputs preprocessed elsewhere (``prepare.Preparer``) → float32 [N,1024], row i for
+        """Inputs packed elsewhere (``prepare.Preparer``) → float32 [N,1024], row i for
         inputs[i]; batched exactly as ``encode_segments`` batches the same segments."""
         keys = [(self._allowed(Modality(p.segment.modality)), p.layout) for p in inputs]
-        return self._encode_tensors(keys, [p.tensor for p in inputs])
+        return self._encode_packed(keys, [p.tensor for p in inputs])
 
     def encode_batch(self, modality: Modality | str, batch: torch.Tensor) -> np.ndarray:
         """A ready model batch (``preprocess.stack_inputs``) → float32 [N,1024] unit vectors."""
         modality = self._allowed(Modality(modality))
         model = self._model(modality)
         with torch.inference_mode(), self._autocast():
-            vectors = model.embed(modality, batch)
+            vectors = model.embed(modality, batch.to(self.device))
         out = vectors.float().cpu().numpy()
         if not np.isfinite(out).all():  # never hand NaN vectors to a store
             raise RuntimeError(f"the {modality} tower produced non-finite vectors "
                                f"(device {self.device}, dtype {self.dtype})")
         return out
 
+    def finish_batch(self, layout: str, packs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Packs of one layout → the model input batch on the model's device, in order.
+
+        Packs of equal shape are stacked and finished together (clips from videos of
+        other aspect ratios form their own stacks); on CUDA each stack crosses from
+        pinned memory, uint8 frames included, and is finished on the GPU.
+        """
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for row, tensor in enumerate(packs):
+            shapes.setdefault(tuple(tensor.shape), []).append(row)
+        with torch.inference_mode():
+            parts = [pp.finish(layout, self._on_device([packs[r] for r in rows]), self.options)
+                     for rows in shapes.values()]
+            if len(parts) == 1:
+                return parts[0]
+            order = [row for rows in shapes.values() for row in rows]
+            inverse = torch.empty(len(order), dtype=torch.long)
+            inverse[torch.tensor(order)] = torch.arange(len(order))
+            return torch.cat(parts)[inverse.to(self.device)]
+
     # --- internals ---------------------------------------------------------------------
 
     def _encode_items(self, items: Sequence[_Item]) -> np.ndarray:
-        tensors = [self._prepare(item) for item in items]  # every input checked before any compute
+        packs = [self._pack(item) for item in items]  # every input checked before any compute
         keys = [(modality, pp.input_spec(modality, kind).name) for modality, kind, _d, _l in items]
-        return self._encode_tensors(keys, tensors)
+        return self._encode_packed(keys, packs)
 
-    def _encode_tensors(self, keys: Sequence[_BatchKey], tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    def _encode_packed(self, keys: Sequence[_BatchKey], packs: Sequence[torch.Tensor]) -> np.ndarray:
         out = np.empty((len(keys), self.dim), dtype=np.float32)
-        for rows in self._batches(keys, tensors):
-            batch = self._stacked([tensors[r] for r in rows])
-            out[rows] = self.encode_batch(keys[rows[0]][0], batch)
+        for rows in self._batches(keys):
+            modality, layout = keys[rows[0]]
+            batch = self.finish_batch(layout, [packs[r] for r in rows])
+            out[rows] = self.encode_batch(modality, batch)
         return out
 
-    def _stacked(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """One batch on the model's device. On CUDA the tensors are stacked straight into
-        pinned memory and cross in their wire dtype (float16 for vision: half the bytes
-        of float32); the model casts them on the GPU."""
+    def _on_device(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Equal-shape packs stacked on the model's device. On CUDA they are stacked
+        straight into pinned memory and copied without blocking the host."""
         if self.device.type != "cuda":
-            return from_wire(torch.stack(tensors))
+            return torch.stack(tensors).to(self.device)
         first = tensors[0]
         pinned = torch.empty((len(tensors), *first.shape), dtype=first.dtype, pin_memory=True)
         torch.stack(tensors, out=pinned)
         return pinned.to(self.device, non_blocking=True)
 
-    def _prepare(self, item: _Item) -> torch.Tensor:
+    def _pack(self, item: _Item) -> torch.Tensor:
         modality, kind, data, label = item
         self._allowed(modality)
         try:
-            return pp.preprocess(modality, data, kind, self.options)
+            return pp.pack(modality, data, kind, self.options)
         except ValueError as error:
             raise ValueError(f"{label}: {error}") from error
 
-    def _batches(self, keys: Sequence[_BatchKey], tensors: Sequence[torch.Tensor]) -> Iterator[list[int]]:
-        """Row indices per model call: grouped by layout (first seen first), cut by batch size."""
+    def _batches(self, keys: Sequence[_BatchKey]) -> Iterator[list[int]]:
+        """Row indices per model call: grouped by layout (first seen first), cut by the
+        modality's budget in model views."""
         groups: dict[_BatchKey, list[int]] = {}
         for row, key in enumerate(keys):
             groups.setdefault(key, []).append(row)
-        for (modality, _layout), rows in groups.items():
-            views = views_per_input(tensors[rows[0]])
+        for (modality, layout), rows in groups.items():
+            views = pp.layout_spec(layout).views(self.options)
             size = max(1, self.batch_sizes[modality] // views)
             for start in range(0, len(rows), size):
                 yield rows[start : start + size]
@@ -197,11 +220,6 @@ def view_budgets(device_type: str) -> dict[Modality, int]:
     these and the batchers that feed it fill them (``pipeline.KeyedBatcher``)."""
     factor = CUDA_BATCH_FACTOR if device_type == "cuda" else 1
     return {m: spec(m).batch_size * factor for m in Modality}
-
-
-def views_per_input(tensor: torch.Tensor) -> int:
-    """Model views in one item's input: video clips carry a leading crops axis."""
-    return tensor.shape[0] if tensor.ndim + 1 >= VIEWS_NDIM else 1
 
 
 def _positive(n: int) -> int:

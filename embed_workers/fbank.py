@@ -51,9 +51,8 @@ def mel_filters(num_bins: int, fft_size: int, sample_rate: int) -> torch.Tensor:
 
 
 def _frames(signal: torch.Tensor, frame: int, hop: int) -> torch.Tensor:
-    """[num_frames, frame] windows that lie wholly inside the signal (snip_edges)."""
-    count = 1 + (signal.numel() - frame) // hop
-    return signal.as_strided((count, frame), (hop * signal.stride(0), signal.stride(0)))
+    """[..., num_frames, frame] windows that lie wholly inside the signal (snip_edges)."""
+    return signal.unfold(-1, frame, hop)
 
 
 def log_mel_fbank(
@@ -63,17 +62,20 @@ def log_mel_fbank(
     frame_ms: float = 25.0,
     shift_ms: float = 10.0,
 ) -> torch.Tensor:
-    """[frames, num_bins] log mel energies of a mono float signal with >= one full frame."""
+    """[..., frames, num_bins] log mel energies of mono float signals [..., samples] with
+    at least one full frame; a batch of equal-length signals is one call, on their device."""
     frame, hop, fft_size = _frame_geometry(sample_rate, frame_ms, shift_ms)
-    if signal.ndim != 1 or signal.numel() < frame:
-        raise ValueError(f"fbank needs a 1-D signal of at least {frame} samples, "
+    if signal.ndim < 1 or signal.shape[-1] < frame:
+        raise ValueError(f"fbank needs signals of at least {frame} samples, "
                          f"got shape {tuple(signal.shape)}")
     frames = _frames(signal.contiguous(), frame, hop)
-    frames = frames - frames.mean(dim=1, keepdim=True)
+    frames = frames - frames.mean(dim=-1, keepdim=True)
     # Pre-emphasis; the first sample of each frame uses itself as predecessor.
-    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = frames - PREEMPHASIS * previous
-    frames = frames * torch.hann_window(frame, periodic=False, dtype=signal.dtype)
+    frames = frames * torch.hann_window(frame, periodic=False, dtype=signal.dtype,
+                                        device=signal.device)
     power = torch.fft.rfft(frames, n=fft_size).abs().pow(2.0)
-    energies = power @ mel_filters(num_bins, fft_size, sample_rate).to(signal.dtype).T
+    filters = mel_filters(num_bins, fft_size, sample_rate).to(signal.device, signal.dtype)
+    energies = power @ filters.T
     return energies.clamp_min(torch.finfo(signal.dtype).eps).log()

@@ -400,7 +400,7 @@ V = TypeVar("V")
 class KeyedBatcher(Generic[K, V]):
     """Groups values per key (the modality) into batches of that key's size.
 
-    Sizes count weights: a model view each (``encoder.views_per_input``: a 3-crop
+    Sizes count weights: a model view each (``Prepared.views``: a 3-crop
     video clip weighs 3), so a batch fills to the encoder's budget for its device.
     A batch leaves when full, or when its oldest value has waited ``max_wait_s``
     (so a rare modality does not hold its items open until the end of the run),

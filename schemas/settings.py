@@ -115,8 +115,8 @@ class Settings(BaseSettings):
         "URL the driver and every node reach. Default: HOME/staging when the whole cluster is this "
         "machine; not staged otherwise.")
     encode_threads: int = Field(
-        0, ge=0, description="Batches preprocessed and encoded at once by the local executor "
-        "(preprocessing runs on the CPU; >1 overlaps it with the GPU). 0 = auto: 4 on CUDA, 1 on CPU.")
+        0, ge=0, description="Batches finished and encoded at once by the local executor (the stack and copy "
+        "to the device run on the CPU; >1 overlaps them with the GPU). 0 = auto: 4 on CUDA, 1 on CPU.")
 
     @field_validator("video_crops")
     @classmethod

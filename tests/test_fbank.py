@@ -69,7 +69,17 @@ def test_filters_equal_kaldi_banks_and_leave_the_nyquist_bin_out() -> None:
     assert torch.all((filters >= 0) & (filters <= 1))
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(399), torch.zeros(2, RATE)])
-def test_rejects_too_short_or_multichannel(bad: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match="1-D signal of at least 400 samples"):
+@pytest.mark.parametrize("bad", [torch.zeros(399), torch.zeros(2, 399), torch.tensor(1.0)])
+def test_rejects_signals_shorter_than_one_frame(bad: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="signals of at least 400 samples"):
         log_mel_fbank(bad)
+
+
+def test_a_batch_of_signals_gives_each_signal_its_own_bank() -> None:
+    """Rows of a batch are the banks of each row alone (the encoder's device runs batches)."""
+    rng = torch.Generator().manual_seed(3)
+    batch = 0.1 * torch.randn(3, 9000, generator=rng)
+    together = log_mel_fbank(batch)
+    assert together.shape == (3, log_mel_fbank(batch[0]).shape[0], 128)
+    for row in range(3):
+        torch.testing.assert_close(together[row], log_mel_fbank(batch[row]), rtol=0, atol=1e-5)

@@ -279,7 +279,7 @@ def test_out_of_memory_for_a_batch_alone_is_retried_one_input_at_a_time(tmp_path
         return real(inputs)
 
     encoder.encode_prepared = small_memory
-    preparer = Preparer.for_model(encoder.options, encoder.dtype)
+    preparer = Preparer(encoder.options)
     prepared = [preparer(s) for s in _text_segments(4)]
     kept, vectors, rejected = encode_prepared(encoder, prepared)
     assert len(kept) == 4 and vectors.shape == (4, 1024) and rejected == []

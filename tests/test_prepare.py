@@ -1,7 +1,7 @@
-"""Preprocessing in the decode workers: ``Prepared`` inputs give the vectors ``encode_segments`` gives.
+"""Packing in the decode workers: ``Prepared`` inputs give the vectors ``encode_segments`` gives.
 
-The executors preprocess each segment where it is decoded and hand the
-encoder ready tensors; these tests prove the move changed no vector and no
+The executors check and pack each segment where it is decoded and hand the
+encoder packs, which it finishes on its device; these tests prove the move changed no vector and no
 point id, that refused inputs still reject their item, and that the local
 executor's tensor byte budget bounds what waits in its queue.
 """
@@ -28,7 +28,7 @@ from embed_workers.pipeline import (
     prepare_events,
     run_ingest,
 )
-from embed_workers.prepare import Prepared, Preparer, from_wire, metadata_only, wire_dtypes
+from embed_workers.prepare import Prepared, Preparer, metadata_only
 from embed_workers.preprocess import PreprocessOptions
 from ingest.decode import decode_item
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, Settings, Stage, point_id
@@ -64,31 +64,28 @@ def encoder() -> Encoder:
 
 def test_prepared_inputs_encode_to_the_vectors_of_encode_segments(encoder: Encoder) -> None:
     segments = _mixed_segments()
-    preparer = Preparer.for_model(encoder.options, encoder.dtype)
+    preparer = Preparer(encoder.options)
     prepared = [preparer(s) for s in segments]
     np.testing.assert_allclose(encoder.encode_prepared(prepared), encoder.encode_segments(segments),
                                atol=1e-5, rtol=0)
 
 
-def test_float32_runs_keep_float32_and_reduced_runs_ship_vision_as_float16() -> None:
+def test_packs_are_compact_and_the_same_whatever_the_compute_dtype() -> None:
+    """Vision crosses as uint8 and audio as its waveform; the crops, the fbank and any cast
+    to a reduced compute dtype happen on the encoder's device."""
     clip = _segment(Modality.VISION, Kind.VIDEO, RNG.integers(0, 256, (2, 30, 40, 3), np.uint8))
     sound = _segment(Modality.AUDIO, Kind.AUDIO, RNG.standard_normal(4000).astype(np.float32))
-    exact = Preparer.for_model(SETTINGS_OPTIONS, torch.float32)
-    reduced = Preparer.for_model(SETTINGS_OPTIONS, torch.bfloat16)
-    assert wire_dtypes(torch.float32) == {}
-    assert exact(clip).tensor.dtype == torch.float32
-    shipped = reduced(clip)
-    assert shipped.tensor.dtype == torch.float16 and reduced(sound).tensor.dtype == torch.float32
-    assert shipped.nbytes * 2 == exact(clip).nbytes
-    back = from_wire(shipped.tensor[None])
-    assert back.dtype == torch.float32
-    torch.testing.assert_close(back[0], exact(clip).tensor, atol=2e-3, rtol=1e-3)
+    packed, heard = Preparer(SETTINGS_OPTIONS)(clip), Preparer(SETTINGS_OPTIONS)(sound)
+    assert packed.tensor.dtype == torch.uint8 and packed.tensor.shape == (2, 30, 40, 3)
+    assert packed.views == 3 and Preparer(PreprocessOptions(video_crops=1))(clip).views == 1
+    assert heard.tensor.dtype == torch.float32 and heard.tensor.shape == (4000,)
+    torch.testing.assert_close(heard.tensor, torch.from_numpy(sound.data), rtol=0, atol=0)
 
 
 def test_prepared_carries_metadata_not_arrays_and_survives_pickling(encoder: Encoder) -> None:
     image = _segment(Modality.VISION, Kind.IMAGE, RNG.integers(0, 256, (20, 30, 3), np.uint8), 3)
     text = _segment(Modality.TEXT, Kind.TEXT, "a bird over the sea", 4)
-    preparer = Preparer.for_model(encoder.options, encoder.dtype)
+    preparer = Preparer(encoder.options)
     for segment in (image, text):
         prepared = pickle.loads(pickle.dumps(preparer(segment)))
         meta = metadata_only(segment)
@@ -120,7 +117,7 @@ def test_a_refused_input_rejects_its_item_and_settles_its_segment() -> None:
 
 def test_a_failing_input_in_a_batch_rejects_only_itself() -> None:
     vision_only = Encoder(settings=SETTINGS, modalities=[Modality.VISION])
-    preparer = Preparer.for_model(vision_only.options, vision_only.dtype)
+    preparer = Preparer(vision_only.options)
     images = [_segment(Modality.VISION, Kind.IMAGE, RNG.integers(0, 256, (20, 30, 3), np.uint8), i)
               for i in range(3)]
     sound = _segment(Modality.AUDIO, Kind.AUDIO, RNG.standard_normal(4000).astype(np.float32), 9)

@@ -4,10 +4,10 @@
     (list, hash, plan)                 (decode_events,                      (batch per modality,
                                         prepare_events)                      stack + model, write)
 
-Decode threads also preprocess: each segment leaves them as a ``Prepared``
-model tensor (resize/crop/normalise, fbank, tokens), so the encoding side
-only stacks tensors and runs the model, and a GPU is not left waiting on
-CPU work. Bounded queues are the backpressure: decoders wait when the model
+Decode threads also check and pack: each segment leaves them as a ``Prepared``
+input (uint8 frames, waveforms, tokens; ``embed_workers.prepare``), and the
+encoding side finishes a batch at a time on the encoder's device (crops,
+normalisation, fbank) before it runs the model. Bounded queues are the backpressure: decoders wait when the model
 falls behind, the feeder waits when decoders do, so memory and spooled disk
 stay flat whatever the archive's size. The events queue is bounded twice: by
 count, and by the bytes of the tensors in it (a 3-crop clip is 3.6 MB in
@@ -25,7 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from embed_workers.encoder import views_per_input
 from embed_workers.executors import RunContext
 from embed_workers.executors.collect import Collector
 from embed_workers.executors.feed import Failure, FeedDone, feed, planned_stream
@@ -116,7 +115,7 @@ def run_local(ctx: RunContext) -> None:
     events: queue.Queue[Any] = queue.Queue(maxsize=EVENTS_PER_WORKER * workers)
     stop = Stop()
     budget = TensorBudget(TENSOR_BYTES_PER_WORKER * workers)
-    preparer = Preparer.for_model(encoder.options, encoder.dtype)  # the encoder's own recipe
+    preparer = Preparer(encoder.options)  # the encoder's own recipe
     threads = [_thread(_feed_todo, stream, todo, events, stop, workers)]
     threads += [_thread(_decode_worker, ctx, preparer, budget, todo, events, stop)
                 for _ in range(workers)]
@@ -250,7 +249,7 @@ class _Consumer:
     def _prepared(self, prepared: Prepared) -> None:
         self.budget.give(prepared.nbytes)  # out of the queue; the batcher's own bound holds it now
         for key, batch in self.batcher.add(Modality(prepared.segment.modality), prepared,
-                                           views_per_input(prepared.tensor)):
+                                           prepared.views):
             self.encode(key, batch)
 
     def _unprepared(self, event: Unprepared) -> None:

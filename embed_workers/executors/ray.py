@@ -21,8 +21,8 @@ then plans; it removes its source's staged parts once everything is committed.
 A rerun whose plan leaves nothing to read and nothing staged settles on the
 driver (counts and ledger entries, no points) without starting Ray.
 
-Vision tensors cross the object store as float16 when the model computes in
-bf16/fp16 (``prepare.wire_dtypes``). Ray Data's streaming backpressure and the
+Decode tasks hand packed inputs (``prepare``: uint8 frames, waveforms); the
+actors finish them on their own device. Ray Data's streaming backpressure and the
 committer's few blocks in flight keep memory and spooled disk flat.
 """
 
@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
-import torch
 from ray.data import ActorPoolStrategy, DataContext
 
 from embed_workers.encoder import view_budgets
@@ -58,7 +57,6 @@ from embed_workers.executors.ray_tasks import (
     ShardDatasource,
     row_for,
 )
-from embed_workers.model import resolve_dtype
 from embed_workers.pipeline import EncoderFault, encode_prepared
 from embed_workers.prepare import Preparer
 from embed_workers.preprocess import PreprocessOptions
@@ -396,15 +394,12 @@ def decode_job(ctx: RunContext, gpus: bool) -> DecodeJob:
     rows = load_manifest(ctx.manifest) if ctx.manifest is not None else {}
     budgets = (ctx.encoder.batch_sizes if ctx.encoder is not None
                else view_budgets("cuda" if gpus else "cpu"))
-    return DecodeJob(ctx.settings, preparer_for(ctx, gpus), rows, ctx.ledger is not None,
+    return DecodeJob(ctx.settings, preparer_for(ctx), rows, ctx.ledger is not None,
                      {Modality(m).value: n for m, n in budgets.items()})
 
 
-def preparer_for(ctx: RunContext, gpus: bool) -> Preparer:
-    """The recipe the actors' Encoder uses, and the compute dtype it will run in."""
+def preparer_for(ctx: RunContext) -> Preparer:
+    """The recipe options the actors' Encoder uses."""
     if ctx.encoder is not None:  # shipped to the actors as is
-        return Preparer.for_model(ctx.encoder.options, ctx.encoder.dtype)
-    settings = ctx.settings
-    device = torch.device("cuda" if gpus else "cpu")
-    return Preparer.for_model(PreprocessOptions(video_crops=settings.video_crops),
-                              resolve_dtype(settings.dtype, device))
+        return Preparer(ctx.encoder.options)
+    return Preparer(PreprocessOptions(video_crops=ctx.settings.video_crops))

@@ -24,7 +24,6 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from embed_workers.encoder import views_per_input
 from embed_workers.pipeline import (
     ItemDecoded,
     ItemStarted,
@@ -182,7 +181,7 @@ class _BlockBuilder:
             row = self._row("segment", key, segment.item_id, event,
                             Modality(segment.modality).value, self.duration.get(key))
             yield from self._tables(self.batcher.add(row["modality"], row,
-                                                     views_per_input(event.tensor)))
+                                                     event.views))
         elif isinstance(event, Unprepared):  # settles one segment of its modality
             self._mark("rejected", key, event.rejected.item_id, event.rejected, event.modality)
         elif isinstance(event, ItemDecoded):
