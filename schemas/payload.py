@@ -54,6 +54,9 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
 # and file at once (``SegmentPolicy.one_point``; payload ``whole``).
 COMPLETING_POINTS: dict = {"not": {"segment_index": {"gte": 0}, "not": {"whole": 1}}}
 
+# Video frame sampling (``SegmentPolicy.sampling``) → its mark in the policy id.
+SAMPLINGS = {"exact": "", "keyframe": "k"}
+
 
 @dataclass(frozen=True, slots=True)
 class SegmentPolicy:
@@ -67,23 +70,34 @@ class SegmentPolicy:
     ``whole``: segment and file at once, and its own completion mark. Without it
     (the layout of collections written before), such an item had two points
     holding the same vector; those collections move over by ``reembed``.
+
+    ``sampling`` says which video frames a window takes: ``exact`` (the default,
+    the reference's frames at the window's times) or ``keyframe`` (the keyframe
+    nearest each of those times, decoded alone: a deviation that makes long-GOP
+    archives far cheaper; see docs/operations.md). It is part of the policy id
+    (suffix ``k``), so the two never share a collection.
     """
 
     segment_s: float = 2.0
     stride_s: float = 2.0
     video_crops: int = 3
     one_point: bool = True
+    sampling: str = "exact"
 
     def __post_init__(self) -> None:
         if self.segment_s <= 0 or self.stride_s <= 0:
             raise ValueError("segment_s and stride_s must be positive")
         if self.video_crops not in (1, 3):
             raise ValueError("video_crops must be 1 or 3")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, "
+                             f"got {self.sampling!r}")
 
     @property
     def policy_id(self) -> str:
         layout = "u" if self.one_point else ""  # u: a single-segment item is one point
-        return f"w{self.segment_s:g}s{self.stride_s:g}c{self.video_crops}{layout}"
+        frames = SAMPLINGS[self.sampling]  # "" for exact: earlier ids are unchanged
+        return f"w{self.segment_s:g}s{self.stride_s:g}c{self.video_crops}{layout}{frames}"
 
 
 def point_id(item_id: str, modality: Modality | str, index: int, policy: SegmentPolicy,

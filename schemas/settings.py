@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     segment_s: float = Field(2.0, gt=0, description="Window length for video/audio/IMU (ImageBind's unit: 2 s).")
     stride_s: float = Field(2.0, gt=0, description="Step between windows (< segment_s overlaps).")
     video_crops: int = Field(3, description="Spatial crops per video clip: 1 or 3 (reference: 3).")
+    video_sampling: Literal["exact", "keyframe"] = Field(
+        "exact", description="Video frames per window: exact (the reference's frames at the "
+        "window's times) or keyframe (the keyframe nearest each time, decoded alone: much less "
+        "CPU on long-GOP video, at a cost in accuracy; its own collection, policy id suffix k).")
     text_overlap_tokens: int = Field(16, ge=0, description="Token overlap between text chunks.")
     one_point_items: bool | None = Field(
         None, description="Store an item of one segment (an image, a short text) as one point "
@@ -86,7 +90,12 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(200.0, description="Reject members that expand more than this (zip bombs).")
     max_nesting: int = Field(2, ge=0, description="How deep nested archives are followed.")
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
-    ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call.")
+    ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call "
+                                    "(and of one batch of frames decoded in-process by PyAV).")
+    video_decoder: Literal["auto", "pyav", "ffmpeg"] = Field(
+        "auto", description="Where a video's chosen frames are decoded: pyav (in this process, "
+        "one open container per batch) or ffmpeg (a process per batch of seeks). auto = pyav "
+        "when installed. Not part of the segment policy: both give the frames the window asks for.")
     max_media_duration_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Longest audio, video or IMU recording accepted "
         "(seconds); a longer claim (often a corrupt or hostile header) is Rejected.")
@@ -141,7 +150,7 @@ class Settings(BaseSettings):
     @property
     def policy(self) -> SegmentPolicy:
         return SegmentPolicy(self.segment_s, self.stride_s, self.video_crops,
-                             self.one_point_items is not False)
+                             self.one_point_items is not False, self.video_sampling)
 
     @property
     def store_kind(self) -> Literal["edge", "local", "server"]:

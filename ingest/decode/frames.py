@@ -23,6 +23,8 @@ import numpy as np
 from ingest.decode.base import DecodeError
 from ingest.ffmpeg_run import FFmpegError, run_capture
 
+TAIL_SPANS_S = (3.0, 30.0, 300.0)  # how far back from the end to look for the last frame
+
 _SHOWINFO = re.compile(rb"\[showinfo@r(\d+) @ [^\]]*\] n:\s*\d+\s+pts:\s*-?\d+\s+"
                        rb"pts_time:(-?[0-9.eE+-]+).*?\bs:(\d+)x(\d+)")
 

@@ -43,14 +43,22 @@ Only the frames the windows need are decoded, never the whole stream:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ingest.decode import pyav_frames
 from ingest.decode.audio import decode_probed_audio
 from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
-from ingest.decode.frames import Frame, Run, extract_batch, frame_times_from_end
+from ingest.decode.frames import (
+    TAIL_SPANS_S,
+    Frame,
+    Run,
+    extract_batch,
+    frame_times_from_end,
+)
 from ingest.ffmpeg_run import FFmpegError, run_capture
 from ingest.probe import MediaInfo, VideoStreamInfo, probe
 from schemas import Modality, Segment
@@ -61,7 +69,6 @@ MAX_TARGETS_PER_RUN = 96  # bounds the select expression's length
 MAX_RUNS_PER_BATCH = 32  # inputs (seeks) per ffmpeg process
 MAX_TARGETS_PER_BATCH = 96  # frames held in memory per process (~26 MB at 224x398)
 DEFAULT_FPS = 30.0  # when the container does not state a frame rate
-TAIL_SPANS_S = (3.0, 30.0, 300.0)  # how far back from the end to look for the last frame
 TRUNCATION_SLACK_S = 1.0  # frames missing further inside the stream than this: truncated
 
 
@@ -96,10 +103,12 @@ def vision_segments(job: DecodeJob, video: VideoStreamInfo,
     fps = video.fps or DEFAULT_FPS
     pairs = frame_targets(spans, fps)
     source = FrameSource(job, scaled_size(video.width, video.height), fps,
-                         sorted({t for pair in pairs for t in pair}), video.duration_s)
+                         sorted({t for pair in pairs for t in pair}), video.duration_s,
+                         frame_backend(job.settings.video_decoder), video.rotation,
+                         keyframes_only=job.policy.sampling == "keyframe")
     for index, ((s, e), (first_t, last_t)) in enumerate(zip(spans, pairs, strict=True)):
         first, last = source.at(first_t), source.at(last_t)
-        if last.time_s > e + 1.5 / fps and first.time_s < e:
+        if not source.nearest and last.time_s > e + 1.5 / fps and first.time_s < e:
             last = first  # no frame at e (VFR gap): the one shown at e is the earlier one
         clip = np.stack([first.pixels, last.pixels])
         yield job.segment(Modality.VISION, index, s, e, clip,
@@ -137,11 +146,21 @@ class FrameSource:
     """Frames at target times, extracted lazily batch by batch in time order."""
 
     def __init__(self, job: DecodeJob, size: tuple[int, int], fps: float,
-                 targets: list[float], stream_end_s: float | None = None) -> None:
+                 targets: list[float], stream_end_s: float | None = None,
+                 backend: FrameBackend | None = None, rotation: int = 0,
+                 keyframes_only: bool = False) -> None:
         self.job, self.size, self.fps = job, size, fps
+        self.backend = backend or frame_backend(job.settings.video_decoder)
+        self.rotation = rotation  # the pyav backend turns frames upright itself
         self.stream_end_s = stream_end_s  # what the video stream claims, if anything
         self.slack = 0.5 / fps  # seek this far past a target: onto its frame, short of the next
-        self.keyframes = keyframe_times(job)
+        self.keyframes = self.backend.keyframe_times(job.path, self._timeout)
+        # The ``keyframe`` sampling: each target takes the keyframe nearest it, and only
+        # keyframes are decoded. Without a keyframe index, the exact frames are taken.
+        self.nearest = nearest_keyframes(targets, self.keyframes, 0.25 / fps) \
+            if keyframes_only and self.keyframes else {}
+        if self.nearest:
+            targets = sorted(set(self.nearest.values()))
         on_key = [t for t in targets if _on_keyframe(t, self.keyframes, 2 * self.slack)]
         rest = sorted(set(targets) - set(on_key))
         self.batches = sorted(
@@ -153,15 +172,17 @@ class FrameSource:
         self._tail: Frame | None = None
 
     def at(self, target: float) -> Frame:
-        while target not in self.frames and self.next_batch < len(self.batches):
+        key = self.nearest.get(target, target)
+        while key not in self.frames and self.next_batch < len(self.batches):
             self._extract(self.batches[self.next_batch])
             self.next_batch += 1
-        if target not in self.frames:
+        if key not in self.frames:
             raise DecodeError(f"internal: no run planned for t={target:.3f}s")
-        return self.frames[target]
+        return self.frames[key]
 
     def forget_before(self, target: float) -> None:
-        for t in [t for t in self.frames if t < target]:
+        key = self.nearest.get(target, target)
+        for t in [t for t in self.frames if t < key]:
             del self.frames[t]
 
     def _extract(self, batch: tuple[list[list[float]], bool]) -> None:
@@ -169,8 +190,8 @@ class FrameSource:
         if keyframes_only:  # one sequential keyframes-only pass: no seek per target
             groups = [[t for g in groups for t in g]]
         runs = [self._run(targets, keyframes_only) for targets in groups]
-        got = extract_batch(self.job.path, runs, self.size, self._timeout,
-                            max_frames=sum(len(t) for t in groups))
+        got = self.backend.extract_batch(self.job.path, runs, self.size, self._timeout,
+                                         sum(len(t) for t in groups), self.rotation)
         for targets, frames in zip(groups, got, strict=True):
             for target in targets:
                 found = next((f for f in frames if f.time_s >= target - 1e-5), None)
@@ -191,8 +212,8 @@ class FrameSource:
     def _after_gap(self, target: float) -> Frame:
         """The first frame at/after ``target`` beyond the run's reach, else the last one."""
         seek = target + self.slack
-        got = extract_batch(self.job.path, [Run(seek, None, (target - seek,))], self.size,
-                            self._timeout, max_frames=1)[0]
+        got = self.backend.extract_batch(self.job.path, [Run(seek, None, (target - seek,))],
+                                         self.size, self._timeout, 1, self.rotation)[0]
         if got:
             return got[0]
         if self.stream_end_s and target < self.stream_end_s - TRUNCATION_SLACK_S:
@@ -204,7 +225,8 @@ class FrameSource:
     def tail(self) -> Frame:
         """The last decodable frame, looking back from the end further until one appears."""
         if self._tail is None:
-            self._tail = last_frame(self.job.path, self.size, self._timeout)
+            self._tail = self.backend.last_frame(self.job.path, self.size, self._timeout,
+                                                 self.rotation)
         return self._tail
 
     @property
@@ -212,7 +234,8 @@ class FrameSource:
         return self.job.settings.ffmpeg_timeout_s
 
 
-def last_frame(path: Path, size: tuple[int, int], timeout_s: float) -> Frame:
+def last_frame(path: Path, size: tuple[int, int], timeout_s: float, _rotation: int = 0) -> Frame:
+    """The ffmpeg backend's last decodable frame (ffmpeg turns frames upright itself)."""
     for span in TAIL_SPANS_S:
         times = frame_times_from_end(path, span, timeout_s)
         if times:
@@ -221,6 +244,19 @@ def last_frame(path: Path, size: tuple[int, int], timeout_s: float) -> Frame:
             if frames:
                 return frames[-1]
     raise DecodeError("no decodable video frame found")
+
+
+def nearest_keyframes(targets: list[float], keyframes: list[float], early: float
+                      ) -> dict[float, float]:
+    """target → the time to ask for its nearest keyframe (``early`` before it, against
+    rounding); ties go to the earlier keyframe. Monotone: later targets never map earlier."""
+    chosen = {}
+    for t in targets:
+        i = int(np.searchsorted(keyframes, t))
+        around = keyframes[max(i - 1, 0) : i + 1]
+        best = min(around, key=lambda k: (abs(k - t), k))
+        chosen[t] = max(best - early, 0.0)
+    return chosen
 
 
 def _on_keyframe(target: float, keyframes: list[float], within: float) -> bool:
@@ -266,12 +302,12 @@ def _worth_seeking(previous: float, target: float, keyframes: list[float]) -> bo
     return i > 0 and keyframes[i - 1] > previous
 
 
-def keyframe_times(job: DecodeJob) -> list[float]:
-    """Sorted keyframe times of the first video stream from the packet index."""
+def keyframe_times(path: Path, timeout_s: float) -> list[float]:
+    """Sorted keyframe times of the first video stream from the packet index (ffprobe)."""
     args = ["ffprobe", "-v", "error", "-select_streams", "V:0", "-show_entries",
-            "packet=pts_time,dts_time,flags", "-of", "csv=p=0", str(job.path)]
+            "packet=pts_time,dts_time,flags", "-of", "csv=p=0", str(path)]
     try:
-        out, _ = run_capture(args, job.settings.ffmpeg_timeout_s)
+        out, _ = run_capture(args, timeout_s)
     except FFmpegError:
         return []  # no index: plan_runs then groups by gaps alone (still correct)
     times = []
@@ -288,3 +324,40 @@ def _is_number(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+# --- the frame decoders -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameBackend:
+    """Where chosen frames are decoded: an ffmpeg process per batch, or PyAV in-process.
+
+    Both take the same runs and give the same frames (tests/test_decode_video.py
+    compares them); ``benchmarks/decode.py`` measures both on the same files.
+    """
+
+    name: str
+    extract_batch: Callable[..., list[list[Frame]]]
+    last_frame: Callable[..., Frame]
+    keyframe_times: Callable[[Path, float], list[float]]
+
+
+def _ffmpeg_batch(path: Path, runs: list[Run], size: tuple[int, int], timeout_s: float,
+                  max_frames: int | None = None, _rotation: int = 0) -> list[list[Frame]]:
+    return extract_batch(path, runs, size, timeout_s, max_frames=max_frames)
+
+
+FFMPEG = FrameBackend("ffmpeg", _ffmpeg_batch, last_frame, keyframe_times)
+PYAV = FrameBackend("pyav", pyav_frames.extract_batch, pyav_frames.last_frame,
+                    pyav_frames.keyframe_times)
+
+
+def frame_backend(choice: str = "auto") -> FrameBackend:
+    """``MEDIABIND_VIDEO_DECODER``: auto (PyAV when installed: no process per batch,
+    the faster of the two in ``benchmarks/decode.py``), pyav or ffmpeg."""
+    if choice == "ffmpeg":
+        return FFMPEG
+    if choice == "pyav" and not pyav_frames.available():
+        raise DecodeError("MEDIABIND_VIDEO_DECODER=pyav, but PyAV is not installed (pip install av)")
+    return PYAV if pyav_frames.available() else FFMPEG
