@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from flows.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 TOKEN = "handoff-token"
+RUN_DEADLINE_S = 200  # alone about 15 s; the test's own timeout is 300 s
 
 
 @pytest.fixture
@@ -37,9 +39,17 @@ def env(tmp_path, monkeypatch) -> dict[str, str]:
 def ui(env):
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     assert line.startswith("mediabind ui: http://"), line + proc.stderr.read()
+    # Drain both pipes from now on: a full pipe would block the UI in its next write
+    # (its handed run logs as it goes), and the run would never end.
+    said: list[str] = []
+    drains = [threading.Thread(target=lambda f=f: said.extend(f), daemon=True)
+              for f in (proc.stdout, proc.stderr)]
+    for drain in drains:
+        drain.start()
+    proc.said = said
     yield proc, line.split()[2].split("?")[0]
     proc.terminate()
     proc.wait(timeout=30)
@@ -80,14 +90,24 @@ def test_an_ingest_is_handed_to_the_running_ui_and_search_stays_up(ui, tmp_path,
 
     watcher = threading.Thread(target=watch)
     watcher.start()
+    codes: list[int] = []
+    client = threading.Thread(target=lambda: codes.append(main(["ingest", str(folder)])),
+                              daemon=True)
     try:
-        code = main(["ingest", str(folder)])
+        client.start()
+        client.join(timeout=RUN_DEADLINE_S)
     finally:
         done.set()
         watcher.join(timeout=60)
+    if client.is_alive():  # say what the ui is doing before giving up on it
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2)
+        pytest.fail(f"the handed run did not end in {RUN_DEADLINE_S} s; the ui's threads:\n"
+                    + "".join(proc.said[-200:]))
+    code = codes[0]
 
     out = capsys.readouterr()
-    assert code == 0, out.err
+    assert code == 0, out.err + "".join(proc.said[-40:])
     assert "9 ingested" in out.out and "items/s" in out.err  # its report and its progress
     assert any(active and status in (200, 404) for active, status in samples)
     assert all(status in (200, 404) for _, status in samples)  # 404: nothing stored yet

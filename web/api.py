@@ -189,7 +189,8 @@ class Service:
                 outcome = start_run(request.source, settings, executor="local",
                                     run_id=request.run_id, manifest=request.manifest,
                                     progress=record, store=store)
-        except Exception as exc:  # noqa: BLE001 - the state carries it to the caller
+        except BaseException as exc:  # noqa: BLE001 - the state carries it to the caller,
+            # whatever it is: a thread that ended silently would leave it "running" forever
             state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
             return
         state.update(collection=outcome.collection, searched=outcome.searched,

@@ -72,12 +72,23 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     url = f"http://{shown}:{bound_port}/"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    stacks_on_request()
     with handed_runs(settings, _reachable_here(url, bound_host, shown), token, run_secret):
         # announced before the URL is printed: a run started after it finds the page
         print(f"mediabind ui: {url}{'?token=TOKEN' if token else ''} "
               f"(collection {settings.collection!r}; Ctrl-C stops)", flush=True)
         server.run(sockets=[sock])
     return 0
+
+
+def stacks_on_request() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack to stderr: what a long-lived
+    page and the runs handed to it are doing, without stopping them."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def hold_store(app: Any) -> None:
