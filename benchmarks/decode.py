@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embed_workers.prepare import Preparer  # noqa: E402
-from embed_workers.preprocess import to_model_input  # noqa: E402
+from embed_workers.preprocess import PreprocessOptions, to_model_input  # noqa: E402
 from ingest.decode import decode_item  # noqa: E402
 from ingest.probe import probe  # noqa: E402
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, SegmentPolicy, Settings  # noqa: E402
@@ -81,10 +81,12 @@ def ours_cpu(path: Path, settings: Settings) -> tuple[float, int, list[Segment]]
 
 
 def window_bytes(clips: list[Segment], settings: Settings) -> tuple[float, float]:
-    """Mean MB per window that cross to the encoder: packed now, finished crops before."""
-    preparer = Preparer()
+    """Mean MB per window that cross to the encoder: packed now, finished float32 crops
+    before (half that in reduced-precision runs, which crossed as float16)."""
+    options = PreprocessOptions(video_crops=settings.video_crops)
+    preparer = Preparer(options)
     packed = sum(preparer(c).nbytes for c in clips) / len(clips)
-    finished = [to_model_input(c) for c in clips]
+    finished = [to_model_input(c, options) for c in clips]
     crops = sum(t.element_size() * t.nelement() for t in finished) / len(clips)
     return packed / 1e6, crops / 1e6
 

@@ -179,7 +179,9 @@ class RandomWeightsEncoder(Encoder):
 
 class EventTimed:
     """Mixin: CUDA-event time of each batch's finishing and model call, on the current
-    stream (so batches never overlap in it); ``busy_s`` over wall time is GPU busy."""
+    stream; ``busy_s`` over wall time is GPU busy. Exact with one encode thread; with
+    several, one batch's events can bracket another's kernels on the shared stream,
+    so the figure is an upper bound (run ``--encode-threads 1,4`` to see both)."""
 
     def finish_batch(self, layout, packs):
         import torch

@@ -1,11 +1,11 @@
-"""The pipeline: source → plan → decode + preprocess → encode → store, under every executor.
+"""The pipeline: source → plan → decode + pack → finish + encode → store, under every executor.
 
 ``run_ingest`` is the public entry point (CLI and flows call it). The pieces
 here are the functions both executors share, so local and Ray give the same
 points: ``decode_events`` (one item → its segments, rejections, and an
-end-of-item marker), ``prepare_events`` (each segment → its model tensor, run
-in the same decode worker, so CPU preprocessing never sits on the encoder's
-thread), ``encode_prepared`` (a batch of ready tensors → vectors, with a
+end-of-item marker), ``prepare_events`` (each segment checked and packed, in the
+same decode worker: uint8 frames, waveforms, tokens), ``encode_prepared`` (a
+batch of packs → finished on the encoder's device → vectors, with a
 per-segment retry so one bad segment rejects one item, not a batch),
 ``RecordBuilder`` (segments → ``EmbeddingRecord``; the file-level point = mean
 of the item's segment vectors per modality, renormalised) and ``KeyedBatcher``

@@ -7,9 +7,10 @@ planes and series for the sensors, token ids for text. The rest of the recipe
 (``preprocess.finish``: crops, normalisation, the fbank, resampling) runs on
 the encoder's device, a batch at a time (``Encoder.encode_prepared``).
 
-What crosses per 2-s video window at 3 crops: the two 224×398 uint8 frames,
-about 0.53 MB, where the finished float crops would be 3×3×2×224×224 float32,
-about 3.6 MB (``benchmarks/decode.py`` prints both from real files).
+What crosses per 2-s video window at 3 crops: the two uint8 frames (224×398
+for 16:9), where the finished crops are 3×3×2×224×224 floats, and crossed as
+float16 in reduced-precision runs before finishing moved to the encoder
+(``benchmarks/decode.py`` prints the bytes per window of real files).
 """
 
 from __future__ import annotations

@@ -236,3 +236,17 @@ def test_keyframe_sampling_is_a_policy_of_its_own():
     assert Settings(video_sampling="keyframe").policy == keyframe
     with pytest.raises(ValueError, match="sampling must be one of exact, keyframe"):
         SegmentPolicy(sampling="nearest")
+
+
+def test_both_backends_time_keyframes_from_the_container_start(tmp_path, decode_settings):
+    """MPEG-TS starts its clock at about 1.4 s; keyframe times count from there in both."""
+    path = tmp_path / "clock.ts"
+    ffmpeg(*colour_source(4), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+           "-g", "10", "-f", "mpegts", str(path))
+    ours = PYAV.keyframe_times(path, 30)
+    theirs = FFMPEG.keyframe_times(path, 30)
+    assert ours == pytest.approx(theirs, abs=1e-3)
+    assert ours[0] == pytest.approx(0.0, abs=0.15) and len(ours) == 4
+    clips = _clips(path, "pyav", decode_settings)
+    assert clips and [[second_of(f) for f in c] for c in clips] == \
+        [[second_of(f) for f in c] for c in _clips(path, "ffmpeg", decode_settings)]

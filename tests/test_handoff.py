@@ -90,9 +90,15 @@ def test_an_ingest_is_handed_to_the_running_ui_and_search_stays_up(ui, tmp_path,
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    codes: list[int] = []
-    client = threading.Thread(target=lambda: codes.append(main(["ingest", str(folder)])),
-                              daemon=True)
+    codes: list[object] = []
+
+    def ingest() -> None:
+        try:
+            codes.append(main(["ingest", str(folder)]))
+        except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
+            codes.append(exc)
+
+    client = threading.Thread(target=ingest, daemon=True)
     try:
         client.start()
         client.join(timeout=RUN_DEADLINE_S)

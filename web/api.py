@@ -178,13 +178,12 @@ class Service:
         from flows.run import start_run
         from search.store import VectorStore
 
-        held = self.client.store  # one engine, one lock: this run and the page share it
-        store = VectorStore(held.backend, settings, held.kind)
-
         def record(progress: Any) -> None:
             state["progress"] = asdict(progress)
 
         try:
+            held = self.client.store  # one engine, one lock: this run and the page share it
+            store = VectorStore(held.backend, settings, held.kind)
             with self._one_run:
                 outcome = start_run(request.source, settings, executor="local",
                                     run_id=request.run_id, manifest=request.manifest,

@@ -1,10 +1,10 @@
 """Executors decide placement only: where decode and encode run (DESIGN.md §5).
 
 Both take a ``RunContext`` and drive the same functions of
-``embed_workers.pipeline``. Preprocessing belongs to decode: the decode
-workers (local: the decode threads; Ray: the decode tasks) turn each segment
-into its model tensor (``prepare_events``), and the encoder only stacks
-tensors and runs the model (``encode_prepared``). The ``Collector`` (driver
+``embed_workers.pipeline``. The decode workers (local: the decode threads;
+Ray: the decode tasks) check and pack each segment (``prepare_events``: uint8
+frames, waveforms, tokens), and the encoder finishes a batch of packs on its
+device (crops, normalisation, fbank) and runs the model (``encode_prepared``). The ``Collector`` (driver
 side) turns their events into stored points and the run report. ``ray`` is
 imported only when chosen, so the local path never needs Ray.
 """

@@ -10,8 +10,8 @@ encoding side finishes a batch at a time on the encoder's device (crops,
 normalisation, fbank) before it runs the model. Bounded queues are the backpressure: decoders wait when the model
 falls behind, the feeder waits when decoders do, so memory and spooled disk
 stay flat whatever the archive's size. The events queue is bounded twice: by
-count, and by the bytes of the tensors in it (a 3-crop clip is 3.6 MB in
-float32, seven times its frames). The model lives on the main thread only.
+count, and by the bytes of the packs in it (a clip's two uint8 224×398
+frames are about 0.53 MB). The model lives on the main thread only.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from schemas import MediaItem, Modality, Rejected
 
 POLL_S = 0.2
 EVENTS_PER_WORKER = 64
-# Tensor bytes the events queue may hold per decode thread: ~9 float32 3-crop clips, or
-# a few hundred audio windows; enough to fill the next batch while one is encoded.
+# Pack bytes the events queue may hold per decode thread: ~60 uint8 clips, or about
+# 250 audio windows; enough to fill the next batch while one is encoded.
 TENSOR_BYTES_PER_WORKER = 32 * 2**20
 MAX_BATCH_WAIT_S = 2.0
 
@@ -213,7 +213,7 @@ def _release_waiting(todo: queue.Queue[Any]) -> None:
 class _Consumer:
     """Dispatches events by type (a registry, not a branch chain) and owns the batcher.
 
-    Inputs arrive preprocessed; batches are stacked and encoded on
+    Inputs arrive packed; batches are finished (on the encoder's device) and encoded on
     ``encode_threads`` threads, so on a GPU one batch's stacking, host→device
     copy and result read-back overlap another's compute. Results come back to
     this thread in any order (the collector does not care); at most twice the

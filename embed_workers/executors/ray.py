@@ -4,12 +4,12 @@ pool, committed by one actor.
     driver: plan (list the source, anti-join the ledger, cut shards: no content read)
         ─► read tasks of a few shards each, on any node (CPU; Ray Data retries one whose
            worker died, and it reads its shards anew): read each shard's members
-           straight from the source, hash, probe, decode, preprocess (``ray_tasks``);
-           blocks of model tensors per modality, every row keyed by its entry and its
+           straight from the source, hash, probe, decode, pack (``ray_tasks``);
+           blocks of packed inputs per modality, every row keyed by its entry and its
            reading
         ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=1, max_size=N))
            (model built once per actor; the pool grows with the cluster and runs on
-           what exists; it only stacks the tensors and runs the model), which stages
+           what exists; it finishes the packs on its device and runs the model), which stages
            each output block (``embed_workers.staging``) before returning it
         ─► the committer actor (``ray_commit``): admission (one copy per item, one
            reading per shard, ``ray_admit``), the collector, the store it holds
@@ -231,8 +231,8 @@ def _one_machine() -> bool:
 class EncodeActor:
     """Builds the Encoder once per actor; encodes prepared rows per modality, passes markers.
 
-    Rows arrive preprocessed (``Prepared``): the actor stacks and runs the
-    model, and sends back each segment's metadata with its vector.
+    Rows arrive packed (``Prepared``): the actor finishes them on its device
+    (``Encoder.finish_batch``) and runs the model, and sends back each segment's metadata with its vector.
 
     An encoder handed to ``run_ingest`` is shipped to the actors as is (fine for
     small models; for large ones leave it to the actors to load their own).

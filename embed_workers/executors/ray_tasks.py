@@ -1,9 +1,9 @@
-"""Ray decode tasks: a few shards of the plan each → blocks of prepared model inputs.
+"""Ray decode tasks: a few shards of the plan each → blocks of packed model inputs.
 
 Each read task gets a fixed group of shards (``ingest.shards.Shard``: plain
 data, no bytes) and reads them one after another where it runs (``ingest.sources.iter_shard``:
 the members straight from the source, safety checks, spool + sha256, kind),
-decodes and preprocesses each entry (``decode_events`` then
+decodes and packs each entry (``decode_events`` then
 ``prepare_events``), and yields pyarrow blocks of rows per modality; markers
 ride along. Every row of an entry carries the entry's ``key`` (shard id and
 position), because the same bytes may be found by two tasks at once and the

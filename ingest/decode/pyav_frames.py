@@ -22,7 +22,9 @@ Semantics kept from the ffmpeg backend:
 
 A batch is bounded by ``timeout_s`` like an ffmpeg process is: the deadline is
 checked between packets (a single libav call cannot be interrupted in-process;
-a stream that never ends is stopped at the next packet).
+a stream that never ends is stopped at the next packet). In-process also means
+that a crash inside libav takes the worker with it, where an ffmpeg process
+would have died alone; ``MEDIABIND_VIDEO_DECODER=ffmpeg`` keeps that isolation.
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ class _opened:
             self.container.close()
             raise DecodeError("no video stream to decode")
         stream = streams[0]
+        if stream.codec_context is None:
+            self.container.close()
+            raise DecodeError(f"no decoder for the video codec {stream.codec_tag or '?'}")
         stream.codec_context.thread_count = 1  # decode workers are the parallelism
         start = self.container.start_time / AV_TIME_BASE if self.container.start_time else 0.0
         return self.container, stream, start
@@ -174,15 +179,29 @@ def _decoded(container, stream, start: float, position: float, keyframes_only: b
         container.seek(max(target, 0), stream=stream, backward=True, any_frame=False)
     except av.FFmpegError:
         container.seek(0, stream=stream)  # unseekable: read from the start
-    for packet in container.demux(stream):
+    packets = container.demux(stream)
+    while True:
         _check(deadline)
         try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError:
+            return  # the container cannot be read further: what came is what there is
+        try:
             frames = packet.decode()
-        except (av.InvalidDataError, av.error.UndefinedError):
+        except av.FFmpegError:
             continue  # a damaged packet: skipped, as the ffmpeg command line does
         for frame in frames:
-            if frame.time is not None:
-                yield frame.time - start, frame
+            stamp = frame.time if frame.time is not None else _dts_time(frame, stream)
+            if stamp is not None:
+                yield stamp - start, frame
+
+
+def _dts_time(frame, stream) -> float | None:
+    """A frame without a pts (some AVI and raw streams) is timed by its dts, as ffmpeg's
+    best-effort timestamp does."""
+    return float(frame.dts * stream.time_base) if frame.dts is not None else None
 
 
 def _rgb(frame, size: tuple[int, int], rotation: int) -> np.ndarray:
@@ -191,8 +210,9 @@ def _rgb(frame, size: tuple[int, int], rotation: int) -> np.ndarray:
     turns = (rotation // 90) % 4
     if turns % 2:
         width, height = height, width  # scale in coded orientation, rotate after
+    # One thread: the decode workers are the parallelism, as for the decoder.
     pixels = frame.to_ndarray(width=width, height=height, format="rgb24",
-                              interpolation="BILINEAR")
+                              interpolation="BILINEAR", threads=1)
     return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
 
 

@@ -1,6 +1,12 @@
 """Video → vision clips (first and last frame of every window) plus the soundtrack's
 audio windows.
 
+Frames are decoded by a ``FrameBackend`` (end of this module): PyAV in this process
+(``pyav_frames``, the default) or ffmpeg processes (``frames``); the runs below are
+planned the same way for both, and the ffmpeg terms (``-ss``, ``select``, ``-skip_frame``)
+describe what either does. With ``keyframe`` sampling (``SegmentPolicy.sampling``) each
+target takes the keyframe nearest it instead, and only keyframes are decoded.
+
 Only the frames the windows need are decoded, never the whole stream:
 
 * Targets. For a window ``[s, e)`` ImageBind takes the first and the last frame
@@ -303,20 +309,25 @@ def _worth_seeking(previous: float, target: float, keyframes: list[float]) -> bo
 
 
 def keyframe_times(path: Path, timeout_s: float) -> list[float]:
-    """Sorted keyframe times of the first video stream from the packet index (ffprobe)."""
+    """Sorted keyframe times of the first video stream from the packet index (ffprobe),
+    from the container's start time, as frame times and ``-ss`` count them."""
     args = ["ffprobe", "-v", "error", "-select_streams", "V:0", "-show_entries",
-            "packet=pts_time,dts_time,flags", "-of", "csv=p=0", str(path)]
+            "packet=pts_time,dts_time,flags:format=start_time", "-of", "csv=p=0", str(path)]
     try:
         out, _ = run_capture(args, timeout_s)
     except FFmpegError:
         return []  # no index: plan_runs then groups by gaps alone (still correct)
-    times = []
+    times, start = [], 0.0
     for line in out.decode("ascii", "replace").splitlines():
+        fields = [f for f in line.split(",") if f]
+        if len(fields) == 1 and _is_number(fields[0]):  # the format's start_time
+            start = float(fields[0])
+            continue
         pts, dts, flags = (line.split(",") + ["", "", ""])[:3]
         stamp = pts if _is_number(pts) else dts
         if "K" in flags and _is_number(stamp):
             times.append(float(stamp))
-    return sorted(times)
+    return sorted(t - start for t in times)
 
 
 def _is_number(text: str) -> bool:
