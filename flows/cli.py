@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("ingest", "search", "serve", "ui", "info")
+COMMANDS = ("ingest", "search", "serve", "ui", "info", "bind")
 
 
 def build_parser() -> argparse.ArgumentParser:

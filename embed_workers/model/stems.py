@@ -122,27 +122,36 @@ def causal_mask(context: int) -> Tensor:
     return torch.full((context, context), float("-inf")).triu(1)
 
 
-class ImuPreprocessor(nn.Module):
-    """[B, C, T] → windows of ``window`` samples, each flattened channel-major → Linear → LN."""
+class SeriesPreprocessor(nn.Module):
+    """[B, C, T] → windows of ``window`` samples, each flattened channel-major → Linear → LN.
 
-    def __init__(self, config: ImageBindConfig, width: int) -> None:
+    IMU's stem (``imu_stem``), and the stem of ``series`` modality extensions.
+    """
+
+    def __init__(self, channels: int, window: int, tokens: int, width: int, eps: float,
+                 stem_name: str = "imu_stem", label: str = "imu") -> None:
         super().__init__()
-        self.window = config.imu_window
-        features = config.imu_channels * config.imu_window
-        self.imu_stem = PatchStem(nn.Linear(features, width, bias=False),
-                                  nn.LayerNorm(width, eps=config.stem_norm_eps))
-        self.pos_embed = nn.Parameter(torch.empty(1, config.token_count(Modality.IMU), width))
+        self.window, self.stem_name, self.label = window, stem_name, label
+        self.add_module(stem_name, PatchStem(nn.Linear(channels * window, width, bias=False),
+                                             nn.LayerNorm(width, eps=eps)))
+        self.pos_embed = nn.Parameter(torch.empty(1, tokens, width))
         self.cls_token = nn.Parameter(torch.empty(1, 1, width))
 
     def forward(self, x: Tensor) -> Tokens:
         batch, channels, _ = x.shape
         windows = x.unfold(-1, self.window, self.window)  # [B, C, W, window]
         features = windows.permute(0, 2, 1, 3).reshape(batch, -1, channels * self.window)
-        stem = self.imu_stem
+        stem = getattr(self, self.stem_name)
         patches = stem.norm_layer(stem.proj(features))
         tokens = torch.cat([self.cls_token.expand(batch, -1, -1), patches], dim=1)
-        _check_token_count(tokens, self.pos_embed, Modality.IMU)
+        _check_token_count(tokens, self.pos_embed, self.label)
         return Tokens(tokens + self.pos_embed, _cls_pool_index(tokens), None)
+
+
+def _imu(config: ImageBindConfig, width: int) -> SeriesPreprocessor:
+    """IMU: [B, 6, 2000] in windows of 8 samples (251 tokens with CLS)."""
+    return SeriesPreprocessor(config.imu_channels, config.imu_window,
+                              config.token_count(Modality.IMU), width, config.stem_norm_eps)
 
 
 def _vision(config: ImageBindConfig, width: int) -> nn.Module:
@@ -175,5 +184,5 @@ PREPROCESSOR_BUILDERS: dict[Modality, Callable[[ImageBindConfig, int], nn.Module
                                     lambda c: c.depth_patch),
     Modality.THERMAL: _single_channel(Modality.THERMAL, "rgbt_stem", lambda c: c.thermal_patch,
                                       lambda c: c.thermal_patch),
-    Modality.IMU: ImuPreprocessor,
+    Modality.IMU: _imu,
 }

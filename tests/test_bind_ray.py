@@ -1,0 +1,47 @@
+"""`mediabind bind --executor ray`: the same training loop on a Ray Train group of two workers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+import torch
+
+from embed_workers.bind import BindRequest, bind
+from embed_workers.bind.artifact import load_extension
+from embed_workers.bind.train import TrainOptions, read_checkpoint
+from schemas import Settings
+from schemas.extension import Geometry, TrunkSpec, registered
+from tests.bind_data import CHANNELS, SIDE, write_pairs
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def local_ray():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:  # 2 workers x 1 CPU plus the train controller: more logical CPUs than cores
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_ray_train_runs_the_loop_data_parallel_and_registers(tmp_path, local_ray):
+    manifest = write_pairs(tmp_path / "data", 200)
+    settings = Settings(home=tmp_path / "home", preset="imagebind_tiny")
+    request = BindRequest("radar", manifest, layout="series",
+                          geometry=Geometry(channels=CHANNELS, samples=SIDE, window=8),
+                          trunk=TrunkSpec(32, 1, 2), holdout=0.25,
+                          options=TrainOptions(epochs=2, batch_size=64), executor="ray",
+                          workers=2, run_dir=tmp_path / "run")
+    result = bind(request, settings)
+    state = read_checkpoint(tmp_path / "run")
+    assert state["history"]["workers"] == 2  # fit ran as a group of two, gradients averaged
+    assert len(state["history"]["train_loss"]) == 2
+    assert registered(settings.home) == {"radar": result.spec}
+    assert result.report.held_out == result.spec.trained["held_out_pairs"] > 0
+    shipped = load_extension(settings.home, "radar", result.spec.base_model_id).state_dict()
+    assert all(torch.equal(shipped[k], v) for k, v in state["model"].items())  # rank 0's weights
