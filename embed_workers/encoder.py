@@ -34,6 +34,13 @@ from embed_workers.model import (
 )
 from embed_workers.prepare import Prepared
 from schemas import Kind, Modality, Segment, Settings, get_settings, spec
+from schemas.extension import (
+    EXTENSION_BATCH,
+    ExtensionName,
+    active_specs,
+    extension_kind,
+    is_extension,
+)
 
 # (modality, kind, data, label for errors): one input, whatever it came from.
 _Item = tuple[Modality, Kind, Any, str]
@@ -77,7 +84,10 @@ class Encoder:
         self.checkpoint = checkpoint or self.settings.checkpoint
         self.device = resolve_device(device or self.settings.device)
         self.dtype = resolve_dtype(dtype or self.settings.dtype, self.device)
-        self.modalities = tuple(Modality(m) for m in (modalities or Modality))
+        # Modality extensions (``mediabind bind``) are allowed unless a list leaves them out.
+        self.modalities = tuple(m if is_extension(m) else Modality(m)
+                                for m in (modalities or Modality))
+        self._extensions_allowed = modalities is None
         self.options = pp.PreprocessOptions(video_crops=self.settings.video_crops)
         self.batch_sizes = view_budgets(self.device.type)
         self.batch_sizes.update({Modality(m): _positive(n) for m, n in (batch_sizes or {}).items()})
@@ -95,7 +105,7 @@ class Encoder:
 
     def encode_segments(self, segments: Sequence[Segment]) -> np.ndarray:
         """float32 [N,1024] unit vectors, row i for segments[i]; batched per modality and layout."""
-        items = [(Modality(s.modality), Kind(s.kind), s.data,
+        items = [(_modality(s.modality), _kind(s.kind), s.data,
                   f"segment {i} (item {s.item_id}, {s.modality} #{s.index})")
                  for i, s in enumerate(segments)]
         return self._encode_items(items)
@@ -103,7 +113,7 @@ class Encoder:
     def encode(self, modality: Modality | str, inputs: Sequence[np.ndarray | str]) -> np.ndarray:
         """Query inputs of one modality → float32 [N,1024]. Vision arrays are images
         ([H,W,3]) or clips ([2,H,W,3]), told apart by rank."""
-        modality = Modality(modality)
+        modality = self.resolve(modality)
         items = [(modality, pp.query_kind(modality, x), x, f"{modality} input {i}")
                  for i, x in enumerate(inputs)]
         return self._encode_items(items)
@@ -111,12 +121,12 @@ class Encoder:
     def encode_prepared(self, inputs: Sequence[Prepared]) -> np.ndarray:
         """Inputs packed elsewhere (``prepare.Preparer``) → float32 [N,1024], row i for
         inputs[i]; batched exactly as ``encode_segments`` batches the same segments."""
-        keys = [(self._allowed(Modality(p.segment.modality)), p.layout) for p in inputs]
+        keys = [(self._allowed(_modality(p.segment.modality)), p.layout) for p in inputs]
         return self._encode_packed(keys, [p.tensor for p in inputs])
 
     def encode_batch(self, modality: Modality | str, batch: torch.Tensor) -> np.ndarray:
         """A ready model batch (``preprocess.stack_inputs``) → float32 [N,1024] unit vectors."""
-        modality = self._allowed(Modality(modality))
+        modality = self._allowed(_modality(modality))
         model = self._model(modality)
         with torch.inference_mode(), self._autocast():
             vectors = model.embed(modality, batch.to(self.device))
@@ -187,17 +197,38 @@ class Encoder:
             groups.setdefault(key, []).append(row)
         for (modality, layout), rows in groups.items():
             views = pp.layout_spec(layout).views(self.options)
-            size = max(1, self.batch_sizes[modality] // views)
+            size = max(1, self.views_per_batch(modality) // views)
             for start in range(0, len(rows), size):
                 yield rows[start : start + size]
 
+    def views_per_batch(self, modality: Modality | str) -> int:
+        """The model views one batch of ``modality`` holds (an extension's: EXTENSION_BATCH)."""
+        return self.batch_sizes.get(modality, EXTENSION_BATCH)
+
+    def resolve(self, modality: Modality | str) -> Modality | ExtensionName:
+        """A built-in modality, or the active version of the extension of that name."""
+        if is_extension(modality):
+            return modality
+        try:
+            return Modality(modality)
+        except ValueError:
+            spec = active_specs(self.settings.home).get(str(modality))
+            if spec is None:
+                names = ", ".join([m.value for m in Modality] + list(active_specs(self.settings.home)))
+                raise ValueError(f"unknown modality {modality!r}; expected one of: {names}") from None
+            return extension_kind(spec)
+
     def _allowed(self, modality: Modality) -> Modality:
+        if is_extension(modality) and (self._extensions_allowed or modality in self.modalities):
+            return modality
         if modality not in self.modalities:
             names = ", ".join(m.value for m in self.modalities)
             raise ValueError(f"this Encoder was made for {names}; it cannot encode {modality}")
         return modality
 
     def _model(self, modality: Modality) -> ImageBindModel:
+        if is_extension(modality):
+            return self._extension_model(modality)
         key = (self.preset_name, modality, str(self.device), self.dtype,
                str(self.checkpoint) if self.checkpoint else None)
         with _MODELS_LOCK:  # one build per process, even with several threads asking
@@ -207,11 +238,42 @@ class Encoder:
                                            settings=self.settings)
             return _MODELS[key]
 
+    def _extension_model(self, name: ExtensionName) -> ExtensionTower:
+        """The extension's encoder at the version that named the input, checked against
+        this encoder's base model (another base's vectors would not share the space)."""
+        key = (f"extension:{name.identity}", self.model_id, str(self.device), self.dtype, None)
+        with _MODELS_LOCK:
+            if key not in _MODELS:
+                from embed_workers.bind.artifact import load_extension
+
+                model = load_extension(self.settings.home, str(name), self.model_id, name.version)
+                _MODELS[key] = ExtensionTower(model.to(self.device))
+            return _MODELS[key]
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16/fp16 autocast on CUDA keeps LayerNorm and softmax in float32."""
         if self.device.type == "cuda" and self.dtype != torch.float32:
             return torch.autocast(device_type="cuda", dtype=self.dtype)
         return contextlib.nullcontext()
+
+
+class ExtensionTower(torch.nn.Module):
+    """An extension's encoder behind the ``embed(modality, x)`` of ``ImageBindModel``."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder.eval()
+
+    def embed(self, _modality: str, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embed(x)
+
+
+def _modality(value: Any) -> Modality | ExtensionName:
+    return value if is_extension(value) else Modality(value)
+
+
+def _kind(value: Any) -> Kind | ExtensionName:
+    return value if is_extension(value) else Kind(value)
 
 
 def view_budgets(device_type: str) -> dict[Modality, int]:

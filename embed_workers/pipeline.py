@@ -41,6 +41,7 @@ from schemas import (
     Stage,
     get_settings,
 )
+from schemas.extension import name_of
 from schemas.ledger import Ledger
 from schemas.payload import build_payload
 
@@ -151,7 +152,7 @@ def decode_events(item: MediaItem, path: Path, policy: SegmentPolicy,
             break
         spent += time.perf_counter() - t0
         if isinstance(out, Segment):
-            counts[Modality(out.modality).value] += 1
+            counts[name_of(out.modality)] += 1
         yield out
     yield ItemDecoded(item.item_id, dict(counts), spent, failed)
 
@@ -223,7 +224,7 @@ def prepare_segment(segment: Segment, preparer: Preparer) -> Prepared | Unprepar
     try:
         return preparer(segment)
     except Exception as exc:  # a bad input rejects its item, never the run
-        return Unprepared(_segment_rejection(segment, exc), Modality(segment.modality).value)
+        return Unprepared(_segment_rejection(segment, exc), name_of(segment.modality))
 
 
 def _segment_rejection(segment: Segment, exc: BaseException) -> Rejected:

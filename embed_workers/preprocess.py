@@ -40,6 +40,7 @@ from PIL import Image
 from embed_workers.fbank import log_mel_fbank
 from embed_workers.model.tokenizer import tokenize
 from schemas import Kind, Modality, Segment, spec
+from schemas.extension import is_extension
 
 # --- the recipe's constants (all in one place) --------------------------------
 RECIPE = "imagebind"  # Preset.preprocessing value these functions implement
@@ -372,7 +373,7 @@ class InputSpec:
     """
 
     name: str
-    modality: Modality
+    modality: Modality | None  # None: any modality extension's
     layout: str
     pack: Callable[[Any, PreprocessOptions], torch.Tensor]
     finish: Callable[[torch.Tensor, PreprocessOptions], torch.Tensor]
@@ -413,7 +414,23 @@ INPUTS: dict[tuple[Modality, Kind], InputSpec] = {
     (Modality.IMU, Kind.IMU): InputSpec("imu", Modality.IMU, IMU_LAYOUT,
                                         _no_options(pack_imu), _no_options(finish_imu)),
 }
-SPECS_BY_NAME: dict[str, InputSpec] = {s.name: s for s in INPUTS.values()}
+
+
+def pack_extension(data: Any) -> torch.Tensor:
+    """A modality extension's view, already in its geometry (``ingest.decode.extension``);
+    its normalisation is part of its encoder, so nothing is left to finish."""
+    array = np.asarray(data)
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim != 2 or not np.isfinite(array).all():
+        raise _fail("extension", EXTENSION_LAYOUT, f"got {array.dtype} {list(array.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+EXTENSION_LAYOUT = "float32 [C,T] (series) or [H,W] (map), finite, in the extension's geometry"
+# One layout for every extension: the encoder batches by (modality, layout), so two
+# extensions never share a batch.
+_EXTENSION = InputSpec("extension", None, EXTENSION_LAYOUT, _no_options(pack_extension),
+                       _unchanged)
+SPECS_BY_NAME: dict[str, InputSpec] = {s.name: s for s in (*INPUTS.values(), _EXTENSION)}
 
 # Queries carry no file kind: a vision array's rank says image or clip.
 _VISION_KIND_BY_RANK = {3: Kind.IMAGE, 4: Kind.VIDEO}
@@ -421,6 +438,8 @@ _VISION_KIND_BY_RANK = {3: Kind.IMAGE, 4: Kind.VIDEO}
 
 def query_kind(modality: Modality | str, data: Any) -> Kind:
     """The kind to preprocess a bare query input as (vision: by array rank)."""
+    if is_extension(modality):
+        return modality  # an extension's files are of its own kind
     modality = Modality(modality)
     if modality is not Modality.VISION:
         return spec(modality).kinds[0]
@@ -433,6 +452,8 @@ def query_kind(modality: Modality | str, data: Any) -> Kind:
 
 def input_spec(modality: Modality | str, kind: Kind | str) -> InputSpec:
     """The registry entry for (modality, kind), with a clear error for other pairs."""
+    if is_extension(modality) and modality == kind:
+        return _EXTENSION
     try:
         return INPUTS[(Modality(modality), Kind(kind))]
     except (KeyError, ValueError):

@@ -142,6 +142,8 @@ def start_run(source: str, settings: Settings, *, executor: str | None = None,
                             run_id=checked.run_id, manifest=manifest, progress=progress,
                             ledger=ledger, notes=backfill_notes(store, ledger, physical)
                             + alias_notes(store, settings.collection, physical))
+        # A retrained extension's new points are written: its old version's go.
+        store.delete_stale_extension_points(checked.source)
         searched = store.backend.get_alias(settings.collection)
     folder = settings.runs_path / report.run_id
     (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")

@@ -149,19 +149,25 @@ MEDIA_EXTENSIONS: dict[str, str] = {
 }
 
 
-def detect_kind(name: str, head: bytes, path: Path | None = None) -> Kind | None:
+def detect_kind(name: str, head: bytes, path: Path | None = None,
+                home: Path | None = None) -> Kind | None:
     """The kind of a file named ``name`` starting with ``head``; None if unsupported.
 
-    ``path`` (a local copy of the bytes) lets ffprobe decide ambiguous files.
+    ``path`` (a local copy of the bytes) lets ffprobe decide ambiguous files;
+    ``home`` (``Settings.home``) adds the modality extensions registered there.
     """
-    return classify(name, head, path).kind
+    return classify(name, head, path, home=home).kind
 
 
 def classify(name: str, head: bytes, path: Path | None = None, *,
-             probe_timeout_s: float = 300.0) -> Detection:
-    """Kind, mime type, and, for unsupported files, the reason (see the module doc)."""
+             probe_timeout_s: float = 300.0, home: Path | None = None) -> Detection:
+    """Kind, mime type, and, for unsupported files, the reason (see the module doc).
+
+    Files following a registered extension's naming (``*.radar.npy``, under
+    ``home``) are that extension's kind, checked first of all.
+    """
     lower = name.lower()
-    named = _by_naming(lower)
+    named = _by_extension(lower, home) or _by_naming(lower)
     if named is not None:
         return named
     signature = next((s for s in MAGIC if s.matches(head)), None)
@@ -177,6 +183,15 @@ def classify(name: str, head: bytes, path: Path | None = None, *,
     return Detection(None, "application/octet-stream",
                      f"unsupported file type (extension {suffix or 'none'!r}, "
                      f"first bytes {head[:8].hex() or 'none'})")
+
+
+def _by_extension(lower_name: str, home: Path | None) -> Detection | None:
+    from schemas.extension import active_specs, extension_kind
+
+    for spec in active_specs(home).values():
+        if spec.matches(lower_name):
+            return Detection(extension_kind(spec), f"application/x-mediabind-{spec.name}")
+    return None
 
 
 def _by_naming(lower_name: str) -> Detection | None:
@@ -232,15 +247,26 @@ def _mime_for(kind: Kind, container_mime: str) -> str:
     return f"{major}/{container_mime.split('/', 1)[1]}"
 
 
-@functools.cache
-def registry_fingerprint() -> str:
-    """A short hash of what detection knows (kinds, names, signatures, extensions).
+def registry_fingerprint(home: Path | None = None) -> str:
+    """A short hash of what detection knows (kinds, names, signatures, extensions), then
+    ``|name@version`` for each modality extension registered under ``home``.
 
     The ledger stores it with each refusal of an unknown kind: once the registry
-    changes (a new modality or file convention), those files are read again.
+    changes (a new modality or file convention), those files are read again. The
+    extension identities also settle the items of extension kinds: a file embedded
+    by ``radar@v1`` is embedded again once ``radar@v2`` is active.
     """
+    from schemas.extension import active_specs
+
+    extensions = [(s.name, s.version, s.patterns) for s in active_specs(home).values()]
+    return _builtin_fingerprint(tuple(extensions)) + "".join(
+        f"|{name}@{version}" for name, version, _p in extensions)
+
+
+@functools.cache
+def _builtin_fingerprint(extensions: tuple) -> str:
     import hashlib
 
     known = [sorted(k.value for k in Kind), sorted(NAMING), [s.name for s in MAGIC],
-             sorted(TEXT_EXTENSIONS), sorted(MEDIA_EXTENSIONS)]
+             sorted(TEXT_EXTENSIONS), sorted(MEDIA_EXTENSIONS), list(extensions)]
     return hashlib.sha256(repr(known).encode()).hexdigest()[:16]

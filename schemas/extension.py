@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +35,7 @@ FORMAT = "mediabind.extension/1"
 LAYOUTS = ("series", "map")
 SUFFIXES = {"series": (".npy", ".csv", ".parquet"), "map": (".npy", ".png", ".tif", ".tiff")}
 SPEC_FILE, WEIGHTS_FILE, ACTIVE_FILE = "spec.json", "weights.safetensors", "ACTIVE"
+EXTENSION_BATCH = 64  # model views per batch of an extension (its encoders are small)
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 # Names an extension can never take: the closed built-ins, and words the payload
 # and the query API already use for something else.
@@ -235,3 +238,125 @@ def registered(home: Path) -> dict[str, ExtensionSpec]:
         if version:
             found[folder.name] = read_spec(folder / version)
     return found
+
+
+# --- extension names where a Kind or Modality goes ------------------------------------------
+
+class ExtensionName(str):
+    """An extension's name as a file kind and a point modality, with its version.
+
+    It compares and hashes as the plain name (``"radar"``), has ``.value`` like the
+    built-in enums, and carries the version that made its vectors, so point ids,
+    payloads and the ledger can name it without a registry lookup.
+    """
+
+    version: str
+
+    def __new__(cls, name: str, version: str) -> ExtensionName:
+        made = super().__new__(cls, name)
+        made.version = version
+        return made
+
+    def __reduce__(self):
+        return ExtensionName, (str(self), self.version)
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @property
+    def identity(self) -> str:
+        """``name@version``: what point ids and the ledger record of an extension's vectors."""
+        return f"{self}@{self.version}"
+
+
+def is_extension(value: object) -> bool:
+    return isinstance(value, ExtensionName)
+
+
+def name_of(value: object) -> str:
+    """The plain name of a Modality, Kind or ExtensionName."""
+    return str(getattr(value, "value", value))
+
+
+_CACHE: dict[tuple, dict[str, ExtensionSpec]] = {}
+
+
+def active_specs(home: Path | None) -> dict[str, ExtensionSpec]:
+    """``registered(home)``, re-read only when an ACTIVE marker changes (cheap per file)."""
+    if home is None:
+        return {}
+    root = extensions_dir(home)
+    markers = sorted(root.glob(f"*/{ACTIVE_FILE}")) if root.is_dir() else []
+    key = (str(root), tuple((str(m), m.stat().st_mtime_ns) for m in markers))
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = registered(home)
+    return _CACHE[key]
+
+
+def extension_kind(spec: ExtensionSpec) -> ExtensionName:
+    return ExtensionName(spec.name, spec.version)
+
+
+def stale_versions(home: Path | None) -> tuple[str, ...]:
+    """Versions written under HOME that are no longer active: their points are hidden from
+    searches, do not count as done, and are deleted after the next successful run."""
+    if home is None or not extensions_dir(home).is_dir():
+        return ()
+    active = {spec.version for spec in active_specs(home).values()}
+    return tuple(sorted(p.name for p in extensions_dir(home).glob("*/*")
+                        if p.is_dir() and not p.name.startswith(".") and p.name not in active))
+
+
+def modality_of(value: object):
+    """A segment's modality as the key the pipeline uses: the ``Modality``, or the
+    ``ExtensionName`` itself (its version stays with it)."""
+    from schemas.modality import Modality
+
+    return value if is_extension(value) else Modality(value)
+
+
+# --- shipping the registry to other nodes ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    """The active extensions' files, carried with a run to nodes whose HOME lacks them.
+
+    ``unpack`` writes a version folder only where it is missing (by rename, so a
+    concurrent reader never sees half of one) and points ACTIVE at the shipped
+    version, so every node of a run uses the driver's versions.
+    """
+
+    entries: tuple[tuple[str, str, tuple[tuple[str, bytes], ...]], ...] = ()
+
+    @classmethod
+    def of(cls, home: Path | None) -> Shipment:
+        entries = []
+        for name, spec in active_specs(home).items():
+            folder = version_dir(home, name, spec.version)
+            files = tuple((p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file())
+            entries.append((name, spec.version, files))
+        return cls(tuple(entries))
+
+    def unpack(self, home: Path) -> None:
+        for name, version, files in self.entries:
+            target = version_dir(home, name, version)
+            if not (target / SPEC_FILE).is_file():
+                _write_folder(target, files)
+            if active_version(home, name) != version:
+                marker = extensions_dir(home) / name / ACTIVE_FILE
+                partial = marker.with_name(f".{ACTIVE_FILE}.{uuid.uuid4().hex}")
+                partial.write_text(version + "\n")
+                partial.replace(marker)
+
+
+def _write_folder(target: Path, files: tuple[tuple[str, bytes], ...]) -> None:
+    staging = target.with_name(f".unpack-{uuid.uuid4().hex}")
+    staging.mkdir(parents=True)
+    for name, data in files:
+        (staging / name).write_bytes(data)
+    try:
+        staging.rename(target)
+    except OSError:  # another process of this node unpacked it first
+        shutil.rmtree(staging, ignore_errors=True)

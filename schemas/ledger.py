@@ -75,7 +75,14 @@ class LedgerEntry:
                 and listed.version == self.version)
 
     def is_final(self, registry: str) -> bool:
-        """Nothing is left to do for this object while it stays unchanged."""
+        """Nothing is left to do for this object while it stays unchanged.
+
+        ``registry`` is ``ingest.kinds.registry_fingerprint``: a hash, then
+        ``|name@version`` per active modality extension. An item embedded by an
+        extension is settled only while that very version is active.
+        """
+        if self.kind is EntryKind.ITEM and self.registry.startswith(EXTENSION_PREFIX):
+            return self.registry[len(EXTENSION_PREFIX):] in registry.split("|")[1:]
         if self.kind is not EntryKind.REJECTED:
             return True
         if self.transient:
@@ -83,6 +90,8 @@ class LedgerEntry:
         return self.stage != UNKNOWN_KIND_STAGE or self.registry == registry
 
 
+# The ``registry`` of an item embedded by a modality extension: "ext:name@version".
+EXTENSION_PREFIX = "ext:"
 # Refusals at this stage (no modality knows the file's kind) are retried when the
 # modality registry's fingerprint changes.
 UNKNOWN_KIND_STAGE = "probe"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.extension import is_extension, name_of
 from schemas.modality import Modality
 from schemas.records import MediaItem, Segment
 
@@ -47,6 +48,7 @@ PAYLOAD_FIELDS: tuple[str, ...] = (
     "policy",
     "whole",
     "meta",
+    "extension_version",  # only on a modality extension's points (mediabind bind)
 )
 
 # The points whose presence says an item is complete (filter form, ``search.filters``):
@@ -102,8 +104,14 @@ class SegmentPolicy:
 
 def point_id(item_id: str, modality: Modality | str, index: int, policy: SegmentPolicy,
              model_id: str) -> str:
-    """Deterministic uuid5: a rerun overwrites the same point, never duplicates it."""
-    key = f"{item_id}|{Modality(modality).value}|{index}|{policy.policy_id}|{model_id}"
+    """Deterministic uuid5: a rerun overwrites the same point, never duplicates it.
+
+    A modality extension's points key on ``name@version`` where a built-in modality
+    keys on its name, so a retrained extension writes new points (and the built-in
+    modalities' ids are unchanged).
+    """
+    name = modality.identity if is_extension(modality) else Modality(modality).value
+    key = f"{item_id}|{name}|{index}|{policy.policy_id}|{model_id}"
     return str(uuid.uuid5(POINT_NAMESPACE, key))
 
 
@@ -123,7 +131,7 @@ def build_payload(item: MediaItem, segment: Segment, *, model_id: str, policy: S
         "archive": item.archive,
         "member": item.member,
         "kind": item.kind.value,
-        "modality": Modality(segment.modality).value,
+        "modality": name_of(segment.modality),
         "segment_index": segment.index,
         "start_s": segment.start_s,
         "end_s": segment.end_s,
@@ -141,4 +149,6 @@ def build_payload(item: MediaItem, segment: Segment, *, model_id: str, policy: S
             payload[key] = segment.extra[key]
     if isinstance(segment.data, str):
         payload["text"] = segment.data
+    if is_extension(segment.modality):
+        payload["extension_version"] = segment.modality.version
     return payload

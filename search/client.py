@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 
 from schemas import Kind, Modality, Settings, get_settings, spec
+from schemas.extension import active_specs
 from search.filters import Where, parse_where
 from search.query import (
+    KEYWORDS,
     QueryEncoder,
     QueryPart,
     collect_parts,
+    keywords_for,
     needed_modalities,
     parts_vector,
     subtract_negative,
@@ -88,8 +91,9 @@ class MediaSearch:
                      negative: Mapping[str, Any] | None = None,
                      negative_weight: float | None = None) -> np.ndarray:
         """The unit query vector ``search`` would send (inputs by keyword, as in ``search``)."""
-        parts = collect_parts(inputs, weights)
-        negative_parts = _negative_parts(negative)
+        keywords = keywords_for(self.settings.home)
+        parts = collect_parts(inputs, weights, keywords=keywords)
+        negative_parts = _negative_parts(negative, keywords)
         if negative_weight is not None and not negative_parts:
             raise ValueError("negative_weight was given without a negative= input")
         encoder = self._encoder_for(needed_modalities([*parts, *negative_parts]))
@@ -148,7 +152,7 @@ class MediaSearch:
 
     def search(self, text: Any = None, image: Any = None, audio: Any = None, video: Any = None,
                depth: Any = None, thermal: Any = None, imu: Any = None, vector: Any = None, *,
-               weights: Mapping[str, float] | None = None, negative: Mapping[str, Any] | None = None,
+               inputs: Mapping[str, Any] | None = None, weights: Mapping[str, float] | None = None, negative: Mapping[str, Any] | None = None,
                negative_weight: float | None = None,
                modalities: Iterable[Modality | str] | Modality | str | None = None,
                kinds: Iterable[Kind | str] | Kind | str | None = None,
@@ -163,7 +167,10 @@ class MediaSearch:
           path (str or ``Path``), the file's ``bytes``, or a numpy array in the
           decoded layout (``schemas.MODALITIES[m].decoded``). ``audio=`` also takes a
           video file (its soundtrack); ``video=`` queries the picture only;
-        - ``vector``: a raw 1024-d vector from this collection's model.
+        - ``vector``: a raw 1024-d vector from this collection's model;
+        - ``inputs``: the same by name, for any modality including the extensions
+          registered with ``mediabind bind`` (``inputs={"radar": "scan.radar.npy"}``,
+          a file, its bytes, or a float32 array of one view in its geometry).
 
         Files and bytes are decoded exactly as ingestion decodes them. An input of
         several segments becomes the renormalised mean of its segment vectors.
@@ -190,10 +197,11 @@ class MediaSearch:
         (file-level points left out). ``offset`` skips that many files/segments.
         """
         _check_paging(limit, offset, moments)
-        query_where = build_where(where, modalities, kinds, segments_only=not group_by_file)
-        inputs = {"text": text, "image": image, "audio": audio, "video": video, "depth": depth,
-                  "thermal": thermal, "imu": imu, "vector": vector}
-        query = self.query_vector(inputs, weights=weights, negative=negative,
+        query_where = build_where(where, modalities, kinds, segments_only=not group_by_file,
+                                  home=self.settings.home)
+        named = {"text": text, "image": image, "audio": audio, "video": video, "depth": depth,
+                 "thermal": thermal, "imu": imu, "vector": vector}
+        query = self.query_vector(_merged(named, inputs), weights=weights, negative=negative,
                                   negative_weight=negative_weight)
         if group_by_file:
             hits = self._grouped_hits(query, query_where, limit, offset, moments)
@@ -244,12 +252,13 @@ def _token_counter() -> Callable[[str], int]:
     return count_tokens
 
 
-def _negative_parts(negative: Mapping[str, Any] | None) -> list[QueryPart]:
+def _negative_parts(negative: Mapping[str, Any] | None,
+                    keywords: Mapping[str, Any] | None = None) -> list[QueryPart]:
     if negative is None:
         return []
     if not isinstance(negative, Mapping):
         raise ValueError(f"negative is a dict like {{'text': 'rain'}}, got {type(negative).__name__}")
-    return collect_parts(negative, role="negative")
+    return collect_parts(negative, role="negative", keywords=keywords or KEYWORDS)
 
 
 def _check_paging(limit: Any, offset: Any, moments: Any) -> None:
@@ -265,26 +274,42 @@ def _names(values: Any, parse: Any, what: str) -> list[str]:
     return [parse(v) for v in items]
 
 
-def _modality_name(value: Any) -> str:
-    return spec(value).modality.value
+def _merged(named: Mapping[str, Any], inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    both = {k for k, v in (inputs or {}).items() if v is not None and named.get(k) is not None}
+    if both:
+        raise ValueError(f"{sorted(both)} given both as keywords and in inputs=; give each once")
+    return {**named, **{k: v for k, v in (inputs or {}).items() if v is not None}}
 
 
-def _kind_name(value: Any) -> str:
+def _modality_name(value: Any, home: Any = None) -> str:
+    if str(value) in active_specs(home):
+        return str(value)  # a modality extension's points
+    try:
+        return spec(value).modality.value
+    except ValueError as exc:
+        extensions = list(active_specs(home))
+        raise ValueError(f"{exc}{', ' + ', '.join(extensions) if extensions else ''}") from None
+
+
+def _kind_name(value: Any, home: Any = None) -> str:
+    if str(value) in active_specs(home):
+        return str(value)
     try:
         return Kind(value).value
     except ValueError:
-        names = ", ".join(k.value for k in Kind)
+        names = ", ".join([k.value for k in Kind] + list(active_specs(home)))
         raise ValueError(f"unknown kind {value!r}; expected one of: {names}") from None
 
 
 def build_where(where: Mapping[str, Any] | Where | None, modalities: Any, kinds: Any, *,
-                segments_only: bool) -> Where | None:
-    """The store filter: ``where`` and the shortcuts, all of which must hold."""
+                segments_only: bool, home: Any = None) -> Where | None:
+    """The store filter: ``where`` and the shortcuts, all of which must hold. ``home``
+    adds the modality extensions registered there to the modalities and kinds known."""
     extra: dict[str, Any] = {}
     if modalities is not None:
-        extra["modality"] = _names(modalities, _modality_name, "modalities")
+        extra["modality"] = _names(modalities, lambda v: _modality_name(v, home), "modalities")
     if kinds is not None:
-        extra["kind"] = _names(kinds, _kind_name, "kinds")
+        extra["kind"] = _names(kinds, lambda v: _kind_name(v, home), "kinds")
     if segments_only:  # flat results are moments; file-level points have no time
         extra["segment_index"] = {"gte": 0}
     parsed = parse_where(where)

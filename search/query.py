@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, Settings
+from schemas.extension import active_specs, extension_kind, is_extension
 
 EMBED_DIM = 1024
 ZERO_NORM = 1e-6  # below this a combined vector points nowhere: refuse it
@@ -100,22 +101,40 @@ VECTOR_KEYWORD = "vector"
 
 def keyword_of_kind(kind: Kind) -> str | None:
     """The keyword a file of ``kind`` is a query input for (a video: its picture, as
-    ``video=``); None for a kind no keyword takes."""
+    ``video=``); None for a kind no keyword takes. An extension's kind is its keyword."""
+    if is_extension(kind):
+        return str(kind)
     return next((k.name for k in KEYWORDS.values() if k.kinds[0] is kind), None)
 
 
-def keyword_for_file(path: Path) -> str:
+def keyword_for_file(path: Path, home: Path | None = None) -> str:
     """The keyword a query file goes in by what it is (an upload on the search page):
     its kind, detected as ingestion detects it; ValueError for a file of no kind."""
     with path.open("rb") as f:
         head = f.read(4096)
-    kind = _detect(path, head)
+    kind = _detect(path, head, home)
     keyword = keyword_of_kind(kind) if kind is not None else None
     if keyword is None:
         raise ValueError(f"{path.name!r} is not a media kind mediabind reads "
                          f"(it takes {', '.join(k.value for k in Kind)} files)")
     return keyword
 ALL_KEYWORDS = (*KEYWORDS, VECTOR_KEYWORD)
+
+
+def _series_or_map_problem(a: np.ndarray) -> str | None:
+    ok = np.issubdtype(a.dtype, np.floating) and a.ndim == 2 and min(a.shape) > 0
+    return None if ok else ("an extension's array is float32 [channels, samples] (series) or "
+                            "[H,W] (map), in its geometry")
+
+
+def keywords_for(home: Path | None) -> dict[str, QueryKeyword]:
+    """The built-in keywords, plus one per modality extension registered under ``home``
+    (``search(inputs={"radar": path})``): a file, its bytes, or an array of its views."""
+    found = dict(KEYWORDS)
+    for name, extension in active_specs(home).items():
+        kind = extension_kind(extension)
+        found[name] = QueryKeyword(name, kind, (kind,), _series_or_map_problem)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +144,11 @@ class QueryPart:
     keyword: str
     value: Any
     weight: float = 1.0
+    spec: QueryKeyword | None = None  # None: a raw vector
 
     @property
     def modality(self) -> Modality | None:
-        spec = KEYWORDS.get(self.keyword)
+        spec = self.spec or KEYWORDS.get(self.keyword)
         return None if spec is None else spec.modality
 
 
@@ -136,16 +156,21 @@ class QueryPart:
 
 
 def collect_parts(inputs: Mapping[str, Any], weights: Mapping[str, float] | None = None,
-                  *, role: str = "query") -> list[QueryPart]:
-    """The non-None inputs as weighted parts; a list gives one part per element."""
-    unknown = set(inputs) - set(ALL_KEYWORDS)
+                  *, role: str = "query",
+                  keywords: Mapping[str, QueryKeyword] = KEYWORDS) -> list[QueryPart]:
+    """The non-None inputs as weighted parts; a list gives one part per element.
+
+    ``keywords``: what may be queried (``keywords_for``: with the modality extensions)."""
+    allowed = (*keywords, VECTOR_KEYWORD)
+    unknown = set(inputs) - set(allowed)
     if unknown:
-        raise ValueError(f"unknown {role} input(s) {sorted(unknown)}; use {', '.join(ALL_KEYWORDS)}")
+        raise ValueError(f"unknown {role} input(s) {sorted(unknown)}; use {', '.join(allowed)}")
     given = {k: v for k, v in inputs.items() if v is not None}
     checked = check_weights(weights or {}, given)
-    parts = [QueryPart(k, v, checked.get(k, 1.0)) for k, vs in given.items() for v in _as_list(k, vs)]
+    parts = [QueryPart(k, v, checked.get(k, 1.0), keywords.get(k))
+             for k, vs in given.items() for v in _as_list(k, vs)]
     if not parts:
-        raise ValueError(f"empty {role}: give at least one of {', '.join(ALL_KEYWORDS)}")
+        raise ValueError(f"empty {role}: give at least one of {', '.join(allowed)}")
     return parts
 
 
@@ -239,7 +264,7 @@ def subtract_negative(query: np.ndarray, negative: np.ndarray, weight: float) ->
 def input_segments(part: QueryPart, settings: Settings,
                    count_tokens: Callable[[str], int] | None = None) -> list[Segment]:
     """The model-ready segments of one query input, by the same decode as ingestion."""
-    keyword = KEYWORDS[part.keyword]
+    keyword = part.spec or KEYWORDS[part.keyword]
     value = part.value
     if isinstance(value, np.ndarray):
         return array_segments(keyword, check_array(keyword, value, settings.max_query_bytes),
@@ -325,7 +350,7 @@ def bytes_file_name(keyword: QueryKeyword, data: bytes) -> str:
     """The temp file name for bytes: media by magic bytes, text and sensors by naming."""
     if keyword.text_is_value:
         return "query.txt"
-    if keyword.modality in SENSOR_MODALITIES:
+    if keyword.modality in SENSOR_MODALITIES or is_extension(keyword.modality):
         ext = next((e for magic, e in SENSOR_MAGIC if data.startswith(magic)), ".csv")
         return f"query.{keyword.name}{ext}"
     return "query"  # images, audio, video: signatures (and ffprobe) decide
@@ -358,7 +383,7 @@ def query_item(keyword: QueryKeyword, path: Path, settings: Settings) -> MediaIt
         raise ValueError(f"{keyword.name}={path.name!r} is {size} bytes; the cap is "
                          f"{settings.max_query_bytes} (MEDIABIND_MAX_QUERY_BYTES)")
     data = path.read_bytes()
-    kind = _detect(path, data)
+    kind = _detect(path, data, settings.home)
     if kind not in keyword.kinds:
         wanted = " or ".join(k.value for k in keyword.kinds)
         found = kind.value if kind else "not a media kind we know"
@@ -367,10 +392,10 @@ def query_item(keyword: QueryKeyword, path: Path, settings: Settings) -> MediaIt
     return MediaItem(digest, str(path.parent), path.name, size, kind)
 
 
-def _detect(path: Path, data: bytes) -> Kind | None:
+def _detect(path: Path, data: bytes, home: Path | None = None) -> Kind | None:
     from ingest.kinds import detect_kind
 
-    return detect_kind(path.name, data[:4096], path)
+    return detect_kind(path.name, data[:4096], path, home)
 
 
 # --- encoding -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from schemas.extension import stale_versions
 from schemas.payload import COMPLETING_POINTS, INDEXED_FIELDS, SegmentPolicy
 from schemas.payload import collection_name as physical_name
 from schemas.records import EmbeddingRecord
@@ -191,7 +192,7 @@ class VectorStore:
         name = self._write_name()
         done: set[str] = set()
         for chunk in _chunks(list(dict.fromkeys(item_ids)), ID_CHUNK):
-            where = any_of("item_id", chunk).and_(COMPLETING)
+            where = self.live(any_of("item_id", chunk).and_(COMPLETING))
             done.update(p.payload["item_id"] for p in self._iter(name, where, ["item_id"]))
         return done
 
@@ -236,7 +237,8 @@ class VectorStore:
                model_id: str | None = None) -> list[ScoredPoint]:
         """Nearest points by cosine; ``exclude`` drops item ids; ``model_id`` is checked."""
         name, query = self._query_target(vector, model_id)
-        return self.backend.query(name, query, _with_exclusions(where, exclude), limit, offset)
+        return self.backend.query(name, query, self.live(_with_exclusions(where, exclude)),
+                                  limit, offset)
 
     def search_groups(self, vector: np.ndarray, *, group_by: str = "item_id",
                       where: Where_ = None, limit: int = 10, group_size: int = 3,
@@ -252,7 +254,7 @@ class VectorStore:
         if group_by not in GROUP_FIELDS:
             raise ValueError(f"group_by must be one of {GROUP_FIELDS}, got {group_by!r}")
         name, query = self._query_target(vector, model_id)
-        filt = _with_exclusions(where, exclude)
+        filt = self.live(_with_exclusions(where, exclude))
         if self.backend.native_groups:
             return self.backend.query_groups(name, query, filt, group_by, limit, group_size)
         return self._groups_by_overfetch(name, query, filt, group_by, limit, group_size)
@@ -316,7 +318,26 @@ class VectorStore:
             row["modalities"] = sorted(row["modalities"])
         return sorted(rows.values(), key=lambda r: r["item_id"])
 
+    def live(self, where: Where | None) -> Where | None:
+        """``where``, leaving out points of modality-extension versions that are no longer
+        active (a retrained extension's old version): searches never mix two versions of
+        one extension, and such points do not make an item complete."""
+        stale = stale_versions(self.settings.home)
+        if not stale:
+            return where
+        hide = Where(must_not=(any_of("extension_version", stale),))
+        return hide if where is None else where.and_(hide)
+
     # --- deleting ------------------------------------------------------------------------
+
+    def delete_stale_extension_points(self, archive: str) -> int:
+        """Points of inactive extension versions from one source, once its run has written
+        the active version's points; returns the number removed."""
+        stale = stale_versions(self.settings.home)
+        if not stale:
+            return 0
+        return self._delete(self._read_name(),
+                            any_of("archive", [archive]).and_(any_of("extension_version", stale)))
 
     def delete_items(self, item_ids: Iterable[str]) -> int:
         """Delete every point of these items; returns the number of points removed."""

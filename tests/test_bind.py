@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 
 from embed_workers.bind import BindRequest, bind, evaluate_registered
 from embed_workers.bind.artifact import load_extension
+from embed_workers.bind.pairs import read_pairs, split
 from embed_workers.bind.train import TrainOptions, read_checkpoint
 from schemas import Modality, Settings
 from schemas.extension import (
@@ -218,3 +221,155 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen) -> d
             return state
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint with {epochs} epochs in {run_dir} after 300 s")
+
+
+# --- ingest and search: the new modality lands in the space ---------------------------------
+
+INGESTED = 40  # held-out pairs whose files go into the archive
+
+
+def _archive(root: Path, manifest: Path, rows: list[int]) -> Path:
+    """A folder of held-out radar samples and a few photos (built-in points beside them)."""
+    folder = root / "archive"
+    folder.mkdir()
+    data = manifest.parent
+    for row in rows:
+        shutil.copy(data / "samples" / f"{row:05d}.radar.npy", folder)
+    for row in rows[:3]:
+        shutil.copy(data / "images" / f"{row:05d}.png", folder / f"photo_{row:05d}.png")
+    return folder
+
+
+def _register_copy(spec, from_home: Path, to_home: Path) -> None:
+    """Register an already written extension under another HOME (what shipping does)."""
+    from embed_workers.bind.artifact import activate
+
+    target = version_dir(to_home, spec.name, spec.version)
+    shutil.copytree(version_dir(from_home, spec.name, spec.version), target)
+    activate(to_home, spec.name, spec.version)
+
+
+@pytest.mark.slow
+def test_ingested_extension_files_are_found_by_their_images(bound, tmp_path, monkeypatch,
+                                                           capsys):
+    from flows.run import start_run
+    from search import MediaSearch
+    from search.store import open_store
+
+    result, trained, manifest = bound
+    spec = result.spec
+    pairs = read_pairs(manifest)
+    held = split(pairs, HOLDOUT, 0)[1][:INGESTED]
+    folder = _archive(tmp_path, manifest, held)
+    settings = Settings(home=tmp_path / "home", preset="imagebind_tiny")
+
+    # Before the extension is registered its files are of no known kind: refused.
+    first = start_run(str(folder), settings).report
+    refused = [r for r in first.rejected if r.uri.endswith(".radar.npy")]
+    assert len(refused) == INGESTED and "unsupported file type" in refused[0].reason
+
+    _register_copy(spec, trained.home, settings.home)
+    second = start_run(str(folder), settings).report
+    assert not second.rejected, second.rejected[:3]
+    assert second.items_ingested["radar"] == INGESTED and second.items_unchanged == 3  # photos
+
+    with open_store(settings) as store:
+        points = store.scroll({"modality": "radar"}, limit=10_000)
+    assert {p.payload["extension_version"] for p in points} == {spec.version}
+    assert {p.payload["kind"] for p in points} == {"radar"}
+
+    # Each held-out image finds its own sample first, as the model's vectors rank them.
+    model = load_extension(settings.home, "radar", spec.base_model_id)
+    views = torch.from_numpy(np.stack([np.load(p.sample) for p in (pairs[r] for r in held)])
+                             .transpose(0, 2, 1).copy())
+    firsts = 0
+    with MediaSearch(settings) as ms:
+        images = [pairs[r].image for r in held]
+        targets = ms._encoder_for({Modality.VISION}).encode_segments(
+            [s for image in images for s in _image_segments(image, settings)])
+        expected = (targets @ model.embed(views).numpy().T).argmax(axis=1)
+        for i, image in enumerate(images):
+            hits = ms.search(image=image, modalities="radar", limit=3).hits
+            assert hits[0].source_uri.endswith(f"{held[expected[i]]:05d}.radar.npy")
+            firsts += int(expected[i] == i)
+        found = ms.search(inputs={"radar": pairs[held[0]].sample}, modalities="vision", limit=1)
+        assert found.hits[0].modality == "vision"
+    print(f"{firsts} of {INGESTED} held-out images find their own sample first "
+          f"(chance {1 / INGESTED:.3f} each)")
+    assert firsts >= 0.8 * INGESTED
+    _check_web_page(settings, pairs[held[0]].sample)
+    _check_cli(settings, pairs[held[0]].sample, monkeypatch, capsys)
+
+    # Retrained: new points for its own files, the old version's removed, nothing else
+    # embedded again, and no search ever sees two versions.
+    with open_store(settings) as store:
+        photos = {p.id: p.payload["run_id"] for p in store.scroll({"modality": "vision"}, 100)}
+    again = write_pairs(tmp_path / "again", 200, seed=3)
+    retrained = bind(_request(again, options=TrainOptions(epochs=2, batch_size=64),
+                              run_dir=tmp_path / "retrain"), settings).spec
+    assert retrained.version != spec.version
+    with MediaSearch(settings) as ms:  # the old version's points are hidden at once
+        assert not ms.search(image=images[0], modalities="radar").hits
+    third = start_run(str(folder), settings).report
+    assert third.items_ingested == {"radar": INGESTED} and third.items_unchanged == 3
+    with open_store(settings) as store:
+        versions = Counter(p.payload["extension_version"]
+                           for p in store.scroll({"modality": "radar"}, 10_000))
+        assert versions == {retrained.version: len(points)}
+        assert {p.id: p.payload["run_id"]
+                for p in store.scroll({"modality": "vision"}, 100)} == photos
+    with MediaSearch(settings) as ms:
+        hits = ms.search(image=images[0], modalities="radar", limit=INGESTED).hits
+    assert len(hits) == INGESTED
+
+
+def _image_segments(path: Path, settings: Settings):
+    from embed_workers.bind.targets import file_segments
+
+    return file_segments(path, None, Modality.VISION, settings)
+
+
+@pytest.mark.slow
+def test_files_of_an_extension_for_another_base_are_rejected_and_the_rest_ingests(bound,
+                                                                                   tmp_path):
+    from flows.run import start_run
+
+    result, trained, manifest = bound
+    folder = _archive(tmp_path, manifest, [0, 1, 2])
+    settings = Settings(home=tmp_path / "home", preset="imagebind_mid")
+    _register_copy(result.spec, trained.home, settings.home)
+    report = start_run(str(folder), settings).report
+    reasons = {r.uri.rsplit("/", 1)[-1]: r.reason for r in report.rejected}
+    assert sorted(reasons) == ["00000.radar.npy", "00001.radar.npy", "00002.radar.npy"]
+    assert all("trained against preset imagebind_tiny" in r for r in reasons.values())
+    assert report.items_ingested == {"vision": 3}  # the photos, untouched by the extension
+
+
+def _check_web_page(settings: Settings, sample: Path) -> None:
+    """The search page takes an extension's file as an upload and draws its points."""
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as api:
+        with sample.open("rb") as f:
+            found = api.post("/api/search", files=[("file", (sample.name, f, "application/x-npy"))])
+        assert found.status_code == 200, found.text
+        hits = found.json()["hits"]
+        assert hits[0]["member"] == sample.name  # its own file first
+        picture = api.get(hits[0]["thumb_url"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+
+
+def _check_cli(settings: Settings, sample: Path, monkeypatch, capsys) -> None:
+    """`mediabind search --input radar=FILE` finds the file itself first."""
+    from flows.cli import main
+
+    monkeypatch.setenv("MEDIABIND_HOME", str(settings.home))
+    monkeypatch.setenv("MEDIABIND_PRESET", settings.preset)
+    capsys.readouterr()
+    assert main(["search", "--input", f"radar={sample}", "--modality", "radar", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits[0]["source_uris"][0].endswith(sample.name)
+    assert main(["search", "--input", f"sonar={sample}"]) == 2
+    assert "unknown query input(s) ['sonar']" in capsys.readouterr().err

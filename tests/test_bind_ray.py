@@ -18,7 +18,7 @@ from tests.bind_data import CHANNELS, SIDE, write_pairs
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
@@ -45,3 +45,28 @@ def test_ray_train_runs_the_loop_data_parallel_and_registers(tmp_path, local_ray
     assert result.report.held_out == result.spec.trained["held_out_pairs"] > 0
     shipped = load_extension(settings.home, "radar", result.spec.base_model_id).state_dict()
     assert all(torch.equal(shipped[k], v) for k, v in state["model"].items())  # rank 0's weights
+
+
+def test_a_ray_ingest_embeds_extension_files_with_the_shipped_version(tmp_path, local_ray):
+    from embed_workers.executors import preset_model_id
+    from embed_workers.pipeline import run_ingest
+    from search.store import open_store
+
+    manifest = write_pairs(tmp_path / "data", 120)
+    settings = Settings(home=tmp_path / "home", preset="imagebind_tiny")
+    spec = bind(BindRequest("radar", manifest, layout="series",
+                            geometry=Geometry(channels=CHANNELS, samples=SIDE, window=8),
+                            trunk=TrunkSpec(32, 1, 2), holdout=0.25,
+                            options=TrainOptions(epochs=1, batch_size=32)), settings).spec
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for sample in sorted((tmp_path / "data" / "samples").iterdir())[:12]:
+        (folder / sample.name).write_bytes(sample.read_bytes())
+    with open_store(settings) as store:
+        store.ensure_collection(preset_model_id("imagebind_tiny"), settings.policy)
+        report = run_ingest(str(folder), store, settings=settings, executor="ray")
+        points = store.scroll({"modality": "radar"}, 1000)
+    assert not report.rejected, report.rejected[:2]
+    assert report.items_ingested["radar"] == 12
+    assert {p.payload["extension_version"] for p in points} == {spec.version}
+    assert report.encode_nodes  # encoded by the Ray actors

@@ -23,6 +23,7 @@ from schemas.extension import (
     Geometry,
     TrunkSpec,
     default_patterns,
+    version_dir,
 )
 
 
@@ -163,3 +164,20 @@ def test_split_is_stable_when_pairs_are_added(tmp_path):
     assert 30 < len(held) < 70
     with pytest.raises(ExtensionError, match="empty"):
         split(pairs[:1], 0.25)
+
+
+def test_a_shipment_recreates_the_registry_on_another_home(tmp_path):
+    from embed_workers.bind.artifact import write_extension
+    from schemas.extension import Shipment, active_specs, registered
+
+    model = init_weights_(ExtensionEncoder(_spec()), seed=0)
+    spec = write_extension(model, tmp_path / "driver")
+    shipped = Shipment.of(tmp_path / "driver")
+    shipped.unpack(tmp_path / "node")
+    shipped.unpack(tmp_path / "node")  # a second task on the node: nothing changes
+    assert registered(tmp_path / "node") == {"radar": spec} == active_specs(tmp_path / "node")
+    folder = version_dir(tmp_path / "node", "radar", spec.version)
+    original = version_dir(tmp_path / "driver", "radar", spec.version)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == \
+        {p.name: p.read_bytes() for p in original.iterdir()}
+    assert Shipment.of(tmp_path / "empty") == Shipment()

@@ -221,12 +221,12 @@ def test_files_of_an_unknown_kind_are_read_again_once_the_registry_knows_it(
     assert run(folder, settings).items_unchanged == 1  # the same verdict: not read
 
     monkeypatch.setitem(kinds.NAMING, ".radar.npy", (Kind.DEPTH, "application/x-npy"))
-    kinds.registry_fingerprint.cache_clear()
+    kinds._builtin_fingerprint.cache_clear()
     try:
         known = run(folder, settings)
     finally:
         monkeypatch.undo()
-        kinds.registry_fingerprint.cache_clear()
+        kinds._builtin_fingerprint.cache_clear()
     assert known.items_completed == 1 and known.items_ingested["depth"] == 1
 
 

@@ -111,7 +111,7 @@ class Service:
         negative = self._inputs(request.negative_text, request.negative_like,
                                 [u for u in uploads if u.negative])
         return self.client.search(
-            **positive, weights=request.weights or None, negative=negative or None,
+            inputs=positive, weights=request.weights or None, negative=negative or None,
             negative_weight=request.negative_weight if negative else None,
             kinds=request.kinds or None, modalities=request.modalities or None,
             where=_where(request), limit=request.limit, offset=request.offset,
@@ -126,7 +126,8 @@ class Service:
         for point_id in likes:
             inputs.setdefault("vector", []).append(self.client.stored_vector(point_id))
         for upload in uploads:
-            inputs.setdefault(keyword_for_file(upload.path), []).append(upload.path)
+            keyword = keyword_for_file(upload.path, self.client.settings.home)
+            inputs.setdefault(keyword, []).append(upload.path)
         return inputs
 
     # --- what the page shows beside results -------------------------------------------

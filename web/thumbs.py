@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from ingest.ffmpeg_run import FFMPEG_QUIET, run_capture
 from schemas import FILE_LEVEL_INDEX, Kind, MediaItem, Modality, Settings
+from schemas.extension import ExtensionName, active_specs
 from web.media import MediaCache, MediaRefused, StoredFile
 
 THUMB_PX = 320
@@ -78,6 +79,11 @@ class Thumbnails:
             return _png(imu_plot(np.asarray(segment, dtype=np.float32)))
         if kind in (Kind.DEPTH.value, Kind.THERMAL.value):
             return _png(false_colour(np.asarray(segment, dtype=np.float32)))
+        if "extension_version" in payload:  # a bound modality: a series plot or a map
+            view = np.asarray(segment, dtype=np.float32)
+            spec = active_specs(self.settings.home).get(kind)
+            series = spec is not None and spec.layout == "series"
+            return _png(imu_plot(view) if series else false_colour(view))
         raise MediaRefused(f"no picture for kind {kind!r}")
 
     def _segment(self, stored: StoredFile, path: Path, payload: dict) -> np.ndarray:
@@ -87,9 +93,13 @@ class Thumbnails:
 
         index = int(payload.get("segment_index", 0))
         wanted = 0 if index == FILE_LEVEL_INDEX else index
-        modality = Modality(payload.get("modality", Modality.AUDIO.value))
-        item = MediaItem(stored.item_id, stored.archive, stored.member, stored.size_bytes,
-                         Kind(stored.kind))
+        version = payload.get("extension_version")
+        if version:  # an extension's point: decoded at the version that embedded it
+            modality = kind = ExtensionName(stored.kind, version)
+        else:
+            modality = Modality(payload.get("modality", Modality.AUDIO.value))
+            kind = Kind(stored.kind)
+        item = MediaItem(stored.item_id, stored.archive, stored.member, stored.size_bytes, kind)
         for out in decode_item(item, path, self.settings.policy, settings=self.settings):
             if isinstance(out, Rejected):
                 raise MediaRefused(f"cannot be decoded for a picture: {out.reason}", 409)

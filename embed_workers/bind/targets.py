@@ -105,7 +105,7 @@ def local_item(path: Path, settings: Settings) -> MediaItem:
     """A MediaItem for a local file, its kind detected as ingest detects it."""
     data = Path(path).read_bytes()
     detection = classify(path.name, data[:HEAD_BYTES], path,
-                         probe_timeout_s=settings.ffmpeg_timeout_s)
+                         probe_timeout_s=settings.ffmpeg_timeout_s, home=settings.home)
     if detection.kind is None:
         raise ExtensionError(f"{path}: {detection.reason}")
     return MediaItem(hashlib.sha256(data).hexdigest(), str(path.parent), path.name, len(data),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from schemas import EmbeddingRecord, PointSink, Settings
+from schemas.extension import Shipment
 from schemas.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class EncoderArgs:
     checkpoint: str | None
     device: str
     dtype: str
+    extensions: Shipment = Shipment()  # the driver's modality extensions (mediabind bind)
 
     def build(self, settings: Settings) -> Encoder:
         from embed_workers.encoder import Encoder
@@ -118,7 +120,7 @@ def encoder_args_for(settings: Settings, encoder: Encoder | None) -> EncoderArgs
     checkpoint = getattr(encoder, "checkpoint", None) or settings.checkpoint
     return EncoderArgs(str(getattr(preset, "name", preset)),
                        str(checkpoint) if checkpoint else None,
-                       settings.device, settings.dtype)
+                       settings.device, settings.dtype, Shipment.of(settings.home))
 
 
 def preset_model_id(preset: str) -> str:

@@ -33,7 +33,8 @@ from embed_workers.report import ItemOutcome, Outcome
 from ingest.plan import Action, PlannedEntry
 from ingest.sources import ContainerEnd
 from schemas import FILE_LEVEL_INDEX, EmbeddingRecord, MediaItem, Modality, Rejected, Segment, Stage
-from schemas.ledger import EntryKind, LedgerEntry, version_of
+from schemas.extension import is_extension
+from schemas.ledger import EXTENSION_PREFIX, EntryKind, LedgerEntry, version_of
 
 VECTOR_DIM = 1024
 
@@ -163,8 +164,12 @@ class Collector:
 
     # --- ledger entries ---------------------------------------------------------------------
     def _item_entry(self, item: MediaItem, uri: str, points: int = 0) -> LedgerEntry:
+        # An extension's item names the version that embedded it (EXTENSION_PREFIX): a
+        # rerun after retraining embeds it again (LedgerEntry.is_final).
+        identity = getattr(item.kind, "identity", None)
         return LedgerEntry(uri, item.archive, item.size_bytes, version_of(item.mtime),
-                           EntryKind.ITEM, item.item_id, points, run_id=self.report.run_id)
+                           EntryKind.ITEM, item.item_id, points, run_id=self.report.run_id,
+                           registry=f"{EXTENSION_PREFIX}{identity}" if identity else "")
 
     def _rejected_entry(self, rejected: Rejected, item: MediaItem | None) -> LedgerEntry:
         size = item.size_bytes if item is not None else rejected.size
@@ -181,7 +186,7 @@ class Collector:
     def _registry(self) -> str:
         from ingest.kinds import registry_fingerprint
 
-        return registry_fingerprint()
+        return registry_fingerprint(self.ctx.settings.home)
 
     # --- decode/encode events ---------------------------------------------------------------
     def started(self, event: ItemStarted) -> None:
@@ -191,7 +196,9 @@ class Collector:
         touched: list[str] = []
         for segment, vector in zip(segments, vectors, strict=True):
             state = self.items[segment.item_id]
-            modality = Modality(segment.modality).value
+            # the modality itself (an extension's name carries its version)
+            modality = segment.modality if is_extension(segment.modality) \
+                else Modality(segment.modality)
             state.means.setdefault(modality, ModalityMean(np.zeros(VECTOR_DIM, np.float32)))
             state.means[modality].add(segment, vector)
             state.settled[modality] += 1
@@ -265,7 +272,7 @@ class Collector:
             segments, completing = [], [self.builder.whole_record(state.records[0])]
         else:
             segments = state.records
-            completing = [self.builder.file_level_record(state.item, Modality(m), mean,
+            completing = [self.builder.file_level_record(state.item, m, mean,
                                                          state.duration_s)
                           for m, mean in sorted(state.means.items())]
         self.writer.add(segments)

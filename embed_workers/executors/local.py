@@ -41,6 +41,7 @@ from embed_workers.pipeline import (
 from embed_workers.prepare import Prepared, Preparer
 from ingest.plan import PlannedEntry
 from schemas import MediaItem, Modality, Rejected
+from schemas.extension import modality_of
 
 POLL_S = 0.2
 EVENTS_PER_WORKER = 64
@@ -228,7 +229,7 @@ class _Consumer:
         self.pending: deque[tuple[Modality, Future[Any]]] = deque()
         # Filled to the encoder's own budget in views for its device (CUDA: larger).
         self.batcher: KeyedBatcher[Modality, Prepared] = KeyedBatcher(
-            lambda m: encoder.batch_sizes[m], MAX_BATCH_WAIT_S)
+            encoder.views_per_batch, MAX_BATCH_WAIT_S)
         self.live = 0
         self.handlers: dict[type, Callable[[Any], None]] = {
             PlannedEntry: collector.planned,
@@ -248,7 +249,7 @@ class _Consumer:
 
     def _prepared(self, prepared: Prepared) -> None:
         self.budget.give(prepared.nbytes)  # out of the queue; the batcher's own bound holds it now
-        for key, batch in self.batcher.add(Modality(prepared.segment.modality), prepared,
+        for key, batch in self.batcher.add(modality_of(prepared.segment.modality), prepared,
                                            prepared.views):
             self.encode(key, batch)
 

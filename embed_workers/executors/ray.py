@@ -72,6 +72,7 @@ from ingest.sources import (
     settled_archive_end,
 )
 from schemas import Modality, Settings
+from schemas.extension import Shipment
 from schemas.payload import collection_name
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,8 @@ class EncodeActor:
 
     def __init__(self, args: EncoderArgs, settings: Settings, model_id: str,
                  encoder: Any = None, staging: Staging | None = None) -> None:
+        if encoder is None:
+            args.extensions.unpack(settings.home)  # this node's HOME gets the run's extensions
         self.encoder = encoder if encoder is not None else args.build(settings)
         if self.encoder.model_id != model_id:
             raise RuntimeError(f"actor built {self.encoder.model_id!r}, the run uses {model_id!r}")
@@ -395,7 +398,8 @@ def decode_job(ctx: RunContext, gpus: bool) -> DecodeJob:
     budgets = (ctx.encoder.batch_sizes if ctx.encoder is not None
                else view_budgets("cuda" if gpus else "cpu"))
     return DecodeJob(ctx.settings, preparer_for(ctx), rows, ctx.ledger is not None,
-                     {Modality(m).value: n for m, n in budgets.items()})
+                     {Modality(m).value: n for m, n in budgets.items()},
+                     Shipment.of(ctx.settings.home))
 
 
 def preparer_for(ctx: RunContext) -> Preparer:

@@ -36,7 +36,8 @@ from embed_workers.pipeline import (
 from embed_workers.prepare import Prepared, Preparer
 from ingest.manifest import ManifestRow
 from ingest.shards import Shard
-from schemas import MediaItem, Modality, Settings
+from schemas import MediaItem, Settings
+from schemas.extension import EXTENSION_BATCH, Shipment, name_of
 
 MAX_BATCH_WAIT_S = 2.0
 
@@ -92,6 +93,7 @@ class DecodeJob:
     manifest: dict[str, ManifestRow]
     record_containers: bool
     batch_views: dict[str, int]  # model views per block, per modality: the encoder's budget
+    extensions: Shipment = Shipment()  # the driver's modality extensions, for this node's HOME
 
 
 class ShardDatasource(Datasource):
@@ -126,6 +128,7 @@ def decode_shards(shards: list[Shard], job_ref: ray.ObjectRef) -> Iterator[pa.Ta
     reading, decoding and preprocessing all run here. Each reading of a shard has its
     own ``attempt``, so rows of a reading cut short never mix with a later one's."""
     job: DecodeJob = ray.get(job_ref)
+    job.extensions.unpack(job.settings.home)
     blocks = _BlockBuilder(ray.get_runtime_context().get_node_id(), job.batch_views)
     count_tokens = count_tokens_fn()
     for shard in shards:
@@ -167,7 +170,7 @@ class _BlockBuilder:
         self.node = node
         self.attempt = ""  # set per shard read
         self.batcher: KeyedBatcher[str, dict[str, Any]] = KeyedBatcher(
-            lambda m: batch_views[m], MAX_BATCH_WAIT_S)
+            lambda m: batch_views.get(m, EXTENSION_BATCH), MAX_BATCH_WAIT_S)
         self.markers: list[dict[str, Any]] = []
         self.marked_at = 0.0  # when the oldest marker waiting came
         self.duration: dict[str, float | None] = {}
@@ -179,7 +182,7 @@ class _BlockBuilder:
         elif isinstance(event, Prepared):
             segment = event.segment
             row = self._row("segment", key, segment.item_id, event,
-                            Modality(segment.modality).value, self.duration.get(key))
+                            name_of(segment.modality), self.duration.get(key))
             yield from self._tables(self.batcher.add(row["modality"], row,
                                                      event.views))
         elif isinstance(event, Unprepared):  # settles one segment of its modality

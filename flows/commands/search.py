@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     for name in FILE_KEYWORDS:
         parser.add_argument(f"--{name}", action="append", default=[], type=Path, metavar="PATH",
                             help=f"{name} file to query with (repeatable)")
+    parser.add_argument("--input", action="append", default=[], type=parse_input,
+                        metavar="NAME=PATH", help="a file of any modality by name, including "
+                        "the extensions bound with `mediabind bind` (e.g. radar=scan.radar.npy)")
     _add_negative_options(parser)
     _add_result_options(parser)
     return parser
@@ -75,6 +78,21 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def parse_input(text: str) -> tuple[str, Path]:
+    """``radar=scan.radar.npy`` → ("radar", Path("scan.radar.npy"))."""
+    name, _, path = text.partition("=")
+    if not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"--input is NAME=PATH, got {text!r}")
+    return name.strip(), Path(path.strip())
+
+
+def named_inputs(pairs: list[tuple[str, Path]]) -> dict[str, list[Path]]:
+    inputs: dict[str, list[Path]] = {}
+    for name, path in pairs:
+        inputs.setdefault(name, []).append(path)
+    return inputs
+
+
 def parse_where_json(text: str) -> dict[str, Any]:
     try:
         where = json.loads(text)
@@ -103,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with MediaSearch(Settings(), collection=args.collection) as client:
             results = client.search(
-                **query_inputs(args), weights=args.weights, negative=negative,
+                **query_inputs(args), inputs=named_inputs(args.input), weights=args.weights, negative=negative,
                 negative_weight=args.negative_weight, kinds=args.kind, modalities=args.modality,
                 where=args.where, limit=args.limit, offset=args.offset,
                 group_by_file=not args.flat, moments=args.moments)

@@ -18,12 +18,14 @@ from pathlib import Path
 
 from ingest.decode.audio import decode_audio
 from ingest.decode.base import DecodeError, DecodeJob, Decoder, TokenCounter
+from ingest.decode.extension import decode_extension
 from ingest.decode.image import decode_image
 from ingest.decode.sensors import decode_depth, decode_imu, decode_thermal
 from ingest.decode.text import decode_text
 from ingest.decode.video import decode_video
 from ingest.probe import ProbeError
 from schemas import Kind, MediaItem, Rejected, Segment, SegmentPolicy, Settings, Stage, get_settings
+from schemas.extension import is_extension, read_spec, version_dir
 
 DECODERS: dict[Kind, Decoder] = {
     Kind.VIDEO: decode_video,
@@ -36,12 +38,29 @@ DECODERS: dict[Kind, Decoder] = {
 }
 
 
+def extension_decoder(kind, settings: Settings) -> Decoder | None:
+    """The decoder of a modality extension's files (its spec names layout and geometry)."""
+    if not is_extension(kind):
+        return None
+    folder = version_dir(settings.home, str(kind), kind.version)
+    return lambda job: decode_extension(job, _usable(read_spec(folder), job.settings), kind)
+
+
+def _usable(spec, settings: Settings):
+    """An extension trained against another base model lives in another space."""
+    if spec.base_preset != settings.preset:
+        raise DecodeError(f"extension {spec.name!r} was trained against preset "
+                          f"{spec.base_preset} ({spec.base_model_id}); this run embeds with "
+                          f"{settings.preset}: retrain it for this model to ingest its files")
+    return spec
+
+
 def decode_item(item: MediaItem, path: Path, policy: SegmentPolicy,
                 settings: Settings | None = None,
                 count_tokens: TokenCounter | None = None) -> Iterator[Segment | Rejected]:
     """Segments of one item, or a Rejected (after any segments made before the failure)."""
     job = DecodeJob(item, Path(path), policy, settings or get_settings(), count_tokens)
-    decoder = DECODERS.get(item.kind)
+    decoder = DECODERS.get(item.kind) or extension_decoder(item.kind, job.settings)
     if decoder is None:
         yield Rejected(item.item_id, item.source_uri, Stage.DECODE,
                        f"no decoder for kind {item.kind!r}")

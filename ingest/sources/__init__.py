@@ -147,7 +147,7 @@ def plan_source(source: str | Path, settings: Settings | None = None,
     """
     settings = settings or get_settings()
     listing = listing if listing is not None else list_source(source, settings)
-    archive, registry = normalise_source(source), registry_fingerprint()
+    archive, registry = normalise_source(source), registry_fingerprint(settings.home)
     plan = plan_shards(archive, listing.members, settings, ledger, registry=registry,
                        whole_source=listing.whole_source)
     if len(plan.shards) == 1 and plan.shards[0].archive and plan.shards[0].whole_source \

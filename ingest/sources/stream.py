@@ -204,12 +204,12 @@ def _detect(state: RunState, member: str, spooled: Spooled, row: ManifestRow | N
     # The same bytes were classified already (no second ffprobe); a manifest
     # kind overrides detection (and needs no ffprobe either).
     if row is not None and row.kind is not None:
-        return Detection(row.kind, classify(member, spooled.head).mime)
+        return Detection(row.kind, classify(member, spooled.head, home=state.settings.home).mime)
     known = state.seen.get(spooled.sha256)
     if known is not None:
         return known
     return classify(member, spooled.head, spooled.path,
-                    probe_timeout_s=state.settings.ffmpeg_timeout_s)
+                    probe_timeout_s=state.settings.ffmpeg_timeout_s, home=state.settings.home)
 
 
 def read_sidecar(member: str, location: str, spooled: Spooled) -> Sidecar:
