@@ -268,5 +268,7 @@ def _builtin_fingerprint(extensions: tuple) -> str:
     import hashlib
 
     known = [sorted(k.value for k in Kind), sorted(NAMING), [s.name for s in MAGIC],
-             sorted(TEXT_EXTENSIONS), sorted(MEDIA_EXTENSIONS), list(extensions)]
+             sorted(TEXT_EXTENSIONS), sorted(MEDIA_EXTENSIONS)]
+    if extensions:  # without any, the fingerprint stays what earlier runs recorded
+        known.append(list(extensions))
     return hashlib.sha256(repr(known).encode()).hexdigest()[:16]

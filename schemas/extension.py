@@ -21,6 +21,7 @@ an extension may not take one of them.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import uuid
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 from schemas.modality import Kind, Modality
 
+log = logging.getLogger(__name__)
 FORMAT = "mediabind.extension/1"
 LAYOUTS = ("series", "map")
 SUFFIXES = {"series": (".npy", ".csv", ".parquet"), "map": (".npy", ".png", ".tif", ".tiff")}
@@ -40,7 +42,8 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 # Names an extension can never take: the closed built-ins, and words the payload
 # and the query API already use for something else.
 RESERVED_NAMES = frozenset({m.value for m in Modality} | {k.value for k in Kind}
-                           | {"file", "image", "video", "mix", "weights", "extension"})
+                           | {"file", "image", "video", "mix", "weights", "extension",
+                              "vector", "inputs", "negative"})
 
 
 class ExtensionError(ValueError):
@@ -230,13 +233,21 @@ def read_spec(folder: Path) -> ExtensionSpec:
 
 
 def registered(home: Path) -> dict[str, ExtensionSpec]:
-    """The active version of every registered extension, by name (sorted)."""
+    """The active version of every registered extension, by name (sorted).
+
+    An extension whose files cannot be read (half copied, or of a newer format) is
+    left out with a warning: it must never stop the built-in modalities.
+    """
     root = extensions_dir(home)
     found: dict[str, ExtensionSpec] = {}
     for folder in sorted(root.iterdir()) if root.is_dir() else ():
-        version = active_version(home, folder.name)
-        if version:
+        version = active_version(home, folder.name) if folder.is_dir() else None
+        if not version:
+            continue
+        try:
             found[folder.name] = read_spec(folder / version)
+        except (ExtensionError, OSError) as exc:
+            log.warning("modality extension %s left out: %s", folder.name, exc)
     return found
 
 
@@ -245,9 +256,11 @@ def registered(home: Path) -> dict[str, ExtensionSpec]:
 class ExtensionName(str):
     """An extension's name as a file kind and a point modality, with its version.
 
-    It compares and hashes as the plain name (``"radar"``), has ``.value`` like the
-    built-in enums, and carries the version that made its vectors, so point ids,
-    payloads and the ledger can name it without a registry lookup.
+    It equals the plain name (``"radar"``), has ``.value`` like the built-in enums,
+    and carries the version that made its vectors, so point ids, payloads and the
+    ledger can name it without a registry lookup. Two versions of one extension are
+    not equal and hash apart, so no batch or group ever mixes them; use the plain
+    name (``name_of``) for dicts shared with plain strings (reports, counters).
     """
 
     version: str
@@ -259,6 +272,17 @@ class ExtensionName(str):
 
     def __reduce__(self):
         return ExtensionName, (str(self), self.version)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ExtensionName):
+            return str.__eq__(self, other) and self.version == other.version
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((str(self), self.version))
 
     @property
     def value(self) -> str:
@@ -280,19 +304,34 @@ def name_of(value: object) -> str:
 
 
 _CACHE: dict[tuple, dict[str, ExtensionSpec]] = {}
+# Set by ``Shipment.unpack`` in a worker process: the run's own versions for that HOME.
+_SHIPPED: dict[str, dict[str, ExtensionSpec]] = {}
 
 
 def active_specs(home: Path | None) -> dict[str, ExtensionSpec]:
-    """``registered(home)``, re-read only when an ACTIVE marker changes (cheap per file)."""
+    """``registered(home)``, re-read only when an ACTIVE marker changes (cheap per file).
+
+    In a Ray worker of a run, the run's shipped versions (``Shipment.unpack``) answer
+    instead, so every node of a run sees the driver's versions whatever its HOME holds.
+    """
     if home is None:
         return {}
     root = extensions_dir(home)
+    if str(root) in _SHIPPED:
+        return _SHIPPED[str(root)]
     markers = sorted(root.glob(f"*/{ACTIVE_FILE}")) if root.is_dir() else []
-    key = (str(root), tuple((str(m), m.stat().st_mtime_ns) for m in markers))
-    if key not in _CACHE:
+    key = (str(root), tuple(_stamp(m) for m in markers))
+    found = _CACHE.get(key)
+    if found is None:
+        found = registered(home)
         _CACHE.clear()
-        _CACHE[key] = registered(home)
-    return _CACHE[key]
+        _CACHE[key] = found
+    return found
+
+
+def _stamp(path: Path) -> tuple:
+    stat = path.stat()  # ACTIVE moves by rename: a new inode each time
+    return str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def extension_kind(spec: ExtensionSpec) -> ExtensionName:
@@ -324,8 +363,10 @@ class Shipment:
     """The active extensions' files, carried with a run to nodes whose HOME lacks them.
 
     ``unpack`` writes a version folder only where it is missing (by rename, so a
-    concurrent reader never sees half of one) and points ACTIVE at the shipped
-    version, so every node of a run uses the driver's versions.
+    concurrent reader never sees half of one) and makes the shipped versions the
+    ones this process uses for that HOME (``active_specs``). It never moves a
+    node's ACTIVE marker that exists: on one machine (or a shared HOME) that is the
+    driver's own registry, which a user may be updating.
     """
 
     entries: tuple[tuple[str, str, tuple[tuple[str, bytes], ...]], ...] = ()
@@ -340,15 +381,18 @@ class Shipment:
         return cls(tuple(entries))
 
     def unpack(self, home: Path) -> None:
+        specs: dict[str, ExtensionSpec] = {}
         for name, version, files in self.entries:
             target = version_dir(home, name, version)
             if not (target / SPEC_FILE).is_file():
                 _write_folder(target, files)
-            if active_version(home, name) != version:
+            if active_version(home, name) is None:  # a node that never had it
                 marker = extensions_dir(home) / name / ACTIVE_FILE
                 partial = marker.with_name(f".{ACTIVE_FILE}.{uuid.uuid4().hex}")
                 partial.write_text(version + "\n")
                 partial.replace(marker)
+            specs[name] = read_spec(target)
+        _SHIPPED[str(extensions_dir(home))] = specs
 
 
 def _write_folder(target: Path, files: tuple[tuple[str, bytes], ...]) -> None:
@@ -360,3 +404,5 @@ def _write_folder(target: Path, files: tuple[tuple[str, bytes], ...]) -> None:
         staging.rename(target)
     except OSError:  # another process of this node unpacked it first
         shutil.rmtree(staging, ignore_errors=True)
+        if not (target / SPEC_FILE).is_file():
+            raise

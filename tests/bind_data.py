@@ -35,9 +35,23 @@ def trace_of(image: np.ndarray, rng: np.random.Generator, noise: float = 0.05) -
     return (trace + noise * rng.standard_normal(trace.shape)).astype(np.float32)
 
 
+def write_tone(path: Path, frequency: float, seconds: float = 1.0, rate: int = 16_000) -> None:
+    """A mono 16-bit WAV of one sine tone (the standard library writes it; no ffmpeg)."""
+    import wave
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.4 * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+
+
 def write_pairs(folder: Path, count: int, seed: int = 0, name: str = "radar",
-                labels: bool = False) -> Path:
-    """``count`` (image, trace) pairs under ``folder`` and their ``pairs.csv``."""
+                labels: bool = False, sounds: bool = False) -> Path:
+    """``count`` (image, trace) pairs under ``folder`` and their ``pairs.csv``; with
+    ``labels`` a caption per pair, with ``sounds`` a tone per pair (pitch from its colour)."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "samples").mkdir(parents=True, exist_ok=True)
@@ -47,6 +61,10 @@ def write_pairs(folder: Path, count: int, seed: int = 0, name: str = "radar",
         Image.fromarray(image).save(folder / "images" / f"{i:05d}.png")
         np.save(folder / "samples" / f"{i:05d}.{name}.npy", trace_of(image, rng))
         row = {"sample": f"samples/{i:05d}.{name}.npy", "image": f"images/{i:05d}.png"}
+        if sounds:
+            (folder / "sounds").mkdir(exist_ok=True)
+            write_tone(folder / "sounds" / f"{i:05d}.wav", 200 + 4 * float(image.mean()))
+            row["audio"] = f"sounds/{i:05d}.wav"
         if labels:
             row["label"] = "warm colours" if image[..., 0].mean() > image[..., 2].mean() else "cool colours"
         rows.append(row)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bind_data import CHANNELS, SIDE, write_pairs
 
 from embed_workers.bind import BindRequest, bind, evaluate_registered
 from embed_workers.bind.artifact import load_extension
@@ -34,7 +35,6 @@ from schemas.extension import (
     registered,
     version_dir,
 )
-from tests.bind_data import CHANNELS, SIDE, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = Geometry(channels=CHANNELS, samples=SIDE, window=8)
@@ -74,7 +74,6 @@ def test_held_out_recall_is_far_above_chance(bound):
     assert forward.chance[1] == pytest.approx(1 / report.held_out)
     assert forward.recall[1] >= 10 * forward.chance[1], report.text()
     assert backward.recall[1] >= 10 * backward.chance[1], report.text()
-    assert forward.recall[10] >= forward.recall[5] >= forward.recall[1]
     assert not report.meaningful and "random weights" in report.notes[0]
     assert [r.direction for r in report.emergent] == ["radar -> text"]  # labels were given
     saved = json.loads((result.run_dir / "report.json").read_text())
@@ -292,8 +291,9 @@ def test_ingested_extension_files_are_found_by_their_images(bound, tmp_path, mon
             hits = ms.search(image=image, modalities="radar", limit=3).hits
             assert hits[0].source_uri.endswith(f"{held[expected[i]]:05d}.radar.npy")
             firsts += int(expected[i] == i)
-        found = ms.search(inputs={"radar": pairs[held[0]].sample}, modalities="vision", limit=1)
-        assert found.hits[0].modality == "vision"
+        found = ms.search(inputs={"radar": pairs[held[0]].sample}, modalities="vision", limit=3)
+        photos = [f"photo_{row:05d}.png" for row in held[:3]]
+        assert sorted(h.source_uri.rsplit("/", 1)[-1] for h in found.hits) == sorted(photos)
     print(f"{firsts} of {INGESTED} held-out images find their own sample first "
           f"(chance {1 / INGESTED:.3f} each)")
     assert firsts >= 0.8 * INGESTED
@@ -373,3 +373,49 @@ def _check_cli(settings: Settings, sample: Path, monkeypatch, capsys) -> None:
     assert hits[0]["source_uris"][0].endswith(sample.name)
     assert main(["search", "--input", f"sonar={sample}"]) == 2
     assert "unknown query input(s) ['sonar']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_report_has_the_emergent_directions_when_labels_and_sounds_are_given(tmp_path):
+    manifest = write_pairs(tmp_path / "data", 48, labels=True, sounds=True)
+    settings = Settings(home=tmp_path / "home", preset="imagebind_tiny")
+    report = bind(_request(manifest, holdout=0.5, options=TrainOptions(epochs=1, batch_size=16)),
+                  settings).report
+    emergent = {r.direction: r for r in report.emergent}
+    assert sorted(emergent) == ["radar -> audio", "radar -> text"]
+    assert emergent["radar -> audio"].candidates == report.held_out  # one sound per pair
+    assert emergent["radar -> text"].candidates == 2  # two distinct captions
+    assert emergent["radar -> text"].chance[1] == 0.5
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "home" / "bind" / "radar")
+                  .glob("targets-*.npy")) == ["audio", "vision"]
+
+
+@pytest.mark.slow
+def test_a_map_extension_ingests_and_is_searched_by_its_files(tmp_path):
+    """Maps cross as [H,W] segments and reach the encoder as one-channel views."""
+    from PIL import Image
+
+    from embed_workers.bind.artifact import write_extension
+    from embed_workers.model.extension import ExtensionEncoder, init_weights_
+    from flows.run import start_run
+    from schemas.extension import ExtensionSpec, default_patterns
+    from search import MediaSearch
+
+    settings = Settings(home=tmp_path / "home", preset="imagebind_tiny")
+    spec = ExtensionSpec("sonar", "map", "imagebind_tiny", "imagebind_tiny_s0",
+                         Geometry(height=32, width=32, patch=8), TrunkSpec(32, 1, 2),
+                         patterns=default_patterns("sonar", "map"))
+    write_extension(init_weights_(ExtensionEncoder(spec), seed=0), settings.home)
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.save(folder / f"ping{i}.sonar.npy", rng.random((40, 56), np.float32))
+    Image.fromarray(rng.integers(0, 65535, (48, 48), dtype=np.uint16)).save(folder / "x.sonar.png")
+    report = start_run(str(folder), settings).report
+    assert not report.rejected, report.rejected[:2]
+    assert report.items_ingested == {"sonar": 4}
+    with MediaSearch(settings) as ms:
+        for name in ("ping1.sonar.npy", "x.sonar.png"):
+            hits = ms.search(inputs={"sonar": folder / name}, limit=4).hits
+            assert hits[0].source_uri.endswith(name) and hits[0].score == pytest.approx(1, abs=1e-4)

@@ -181,3 +181,27 @@ def test_a_shipment_recreates_the_registry_on_another_home(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == \
         {p.name: p.read_bytes() for p in original.iterdir()}
     assert Shipment.of(tmp_path / "empty") == Shipment()
+
+
+def test_unpacking_never_moves_a_nodes_own_active_version(tmp_path):
+    """On one machine the node's HOME is the driver's: a run must not undo a retrain."""
+    from embed_workers.bind.artifact import write_extension
+    from schemas.extension import Shipment, active_specs, active_version
+
+    first = write_extension(init_weights_(ExtensionEncoder(_spec()), seed=0), tmp_path / "driver")
+    shipped = Shipment.of(tmp_path / "driver")
+    second = write_extension(init_weights_(ExtensionEncoder(_spec()), seed=1), tmp_path / "node")
+    shipped.unpack(tmp_path / "node")
+    assert active_version(tmp_path / "node", "radar") == second.version  # untouched
+    assert version_dir(tmp_path / "node", "radar", first.version).is_dir()  # shipped beside it
+    assert active_specs(tmp_path / "node") == {"radar": first}  # this process: the run's version
+
+
+def test_a_broken_extension_is_left_out_and_never_stops_the_others(tmp_path):
+    from embed_workers.bind.artifact import write_extension
+    from schemas.extension import registered
+
+    good = write_extension(init_weights_(ExtensionEncoder(_spec()), seed=0), tmp_path)
+    broken = write_extension(init_weights_(ExtensionEncoder(_spec(name="sonar")), seed=0), tmp_path)
+    (version_dir(tmp_path, "sonar", broken.version) / "spec.json").write_text("{")
+    assert registered(tmp_path) == {"radar": good}

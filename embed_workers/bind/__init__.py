@@ -100,9 +100,11 @@ def bind(request: BindRequest, settings: Settings, progress: Progress | None = N
 
     model, history, started_at = train_with(request, spec, data, run_dir, say)
     plot_losses(history.train_loss, history.held_loss, run_dir / PLOT_FILE)
-    registered = write_extension(model, settings.home)
     held = [pairs[r] for r in held_rows]
-    report = evaluation(model, registered, held, data.held_x, data.held_t, settings, run_dir, say)
+    report = evaluation(model, spec, held, data.held_x, data.held_t, settings, run_dir, say)
+    registered = write_extension(model, settings.home)  # only once every step succeeded
+    report = replace(report, version=registered.version)
+    report.write(run_dir)
     return BindResult(registered, report, run_dir, started_at)
 
 

@@ -152,7 +152,10 @@ def _warmup_cosine(options: TrainOptions, steps: int) -> Callable[[int], float]:
 def _epoch(model, optimizer, schedule, data: Data, options: TrainOptions, worker: Worker,
            generator: torch.Generator, spec: ExtensionSpec) -> float:
     model.train()
-    order = torch.randperm(len(data.train_x), generator=generator)[worker.rank::worker.world]
+    order = torch.randperm(len(data.train_x), generator=generator)
+    # Every rank takes the same number of rows, so all run the same number of steps: an
+    # extra step on one rank would wait forever for the others' gradients.
+    order = order[:len(order) // worker.world * worker.world][worker.rank::worker.world]
     size = max(2, options.batch_size // worker.world)
     losses = []
     for start in range(0, len(order) - size + 1, size):  # full batches only: equal negatives

@@ -33,7 +33,7 @@ from embed_workers.report import ItemOutcome, Outcome
 from ingest.plan import Action, PlannedEntry
 from ingest.sources import ContainerEnd
 from schemas import FILE_LEVEL_INDEX, EmbeddingRecord, MediaItem, Modality, Rejected, Segment, Stage
-from schemas.extension import is_extension
+from schemas.extension import is_extension, name_of
 from schemas.ledger import EXTENSION_PREFIX, EntryKind, LedgerEntry, version_of
 
 VECTOR_DIM = 1024
@@ -201,7 +201,7 @@ class Collector:
                 else Modality(segment.modality)
             state.means.setdefault(modality, ModalityMean(np.zeros(VECTOR_DIM, np.float32)))
             state.means[modality].add(segment, vector)
-            state.settled[modality] += 1
+            state.settled[name_of(modality)] += 1  # plain names, as ItemDecoded counts
             state.records.append(self.builder.segment_record(state.item, segment, vector,
                                                              state.duration_s))
             touched.append(segment.item_id)
@@ -280,7 +280,7 @@ class Collector:
         self.writer.add(completing, [self._item_entry(state.item, uri, points)
                                      for uri in state.item.locations or [state.item.source_uri]])
         self.report.items_completed += 1
-        self.report.items_ingested.update(state.means.keys())
+        self.report.items_ingested.update(name_of(m) for m in state.means)
         self.report.media_seconds += state.duration_s or 0.0
         self._outcome(state.item, Outcome.INGESTED, state)
 

@@ -53,6 +53,8 @@ class ExtensionEncoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Head outputs ``[B, out_dim]`` of raw views ``[B, *geometry.shape]`` (unnormalised)."""
         expected = self.spec.geometry.shape(self.spec.layout)
+        if self.spec.layout == "map" and x.ndim == 3:
+            x = x.unsqueeze(1)  # maps arrive as [B,H,W] (ingest's segments), one channel
         if tuple(x.shape[1:]) != expected:
             raise ExtensionError(f"{self.spec.name} input is {list(x.shape[1:])} per view; "
                                  f"the extension takes {list(expected)}")

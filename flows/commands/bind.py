@@ -90,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
         report = result.report
         say(f"registered {result.spec.name} version {result.spec.version} in "
             f"{settings.home / 'extensions' / result.spec.name}; training folder {result.run_dir}")
-        say(f"licence: {result.spec.license}")
+        print(f"licence: {result.spec.license}", file=sys.stderr)
     print(json.dumps(asdict(report), indent=2) if args.json else report.text())
     return 0
