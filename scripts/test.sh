@@ -8,4 +8,4 @@ venv=${MEDIABIND_VENV:-.venv}
 export RAY_USAGE_STATS_ENABLED=0 RAY_enable_worker_prestart=0
 export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_LOGGING_LEVEL=WARNING
 "$venv/bin/ruff" check .
-exec "$venv/bin/pytest" "$@"
+exec "$venv/bin/pytest" --durations=30 "$@"

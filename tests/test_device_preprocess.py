@@ -3,7 +3,8 @@
 The decode workers pack (uint8 frames, waveforms, raw sensor planes); the
 encoder stacks packs of equal shape and finishes them together on its device.
 These tests decode real sample media of every modality (16-bit synthetic images
-for depth and thermal, since none ship offline), then check:
+for depth and thermal, since none ship offline, and a bound modality's series
+file), then check:
 
 * on the CPU, a finished batch equals each input's own ``preprocess`` within 1e-5;
 * on a GPU, when there is one, finishing there equals finishing on the CPU
@@ -64,7 +65,25 @@ def segments(tmp_path_factory) -> list[Segment]:
         item = MediaItem(sha256(path), str(folder), member, path.stat().st_size, kind)
         out += [s for s in decode_item(item, path, SegmentPolicy(), SETTINGS, count_tokens)
                 if isinstance(s, Segment)]
-    return out
+    return out + _extension_segments(root)
+
+
+def _extension_segments(root: Path) -> list[Segment]:
+    """A bound modality's series file (``mediabind bind``), decoded through its spec."""
+    from embed_workers.bind.artifact import write_extension
+    from embed_workers.model.extension import ExtensionEncoder, init_weights_
+    from schemas.extension import ExtensionSpec, Geometry, default_patterns, extension_kind
+
+    settings = SETTINGS.model_copy(update={"home": root / "home"})
+    spec = ExtensionSpec("probe", "series", "imagebind_tiny", "imagebind_tiny_s0",
+                         Geometry(channels=4, samples=256, window=8),
+                         patterns=default_patterns("probe", "series"))
+    spec = write_extension(init_weights_(ExtensionEncoder(spec), seed=0), settings.home)
+    path = root / "line.probe.npy"
+    np.save(path, np.random.default_rng(5).standard_normal((700, 4)).astype(np.float32))
+    kind = extension_kind(spec)
+    item = MediaItem(sha256(path), str(root), path.name, path.stat().st_size, kind)
+    return [s for s in decode_item(item, path, SegmentPolicy(), settings) if isinstance(s, Segment)]
 
 
 def _by_layout(segments: list[Segment]) -> dict[str, list[Segment]]:
