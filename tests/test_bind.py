@@ -182,13 +182,13 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
-    manifest = write_pairs(tmp_path / "data", 200)
+    manifest = write_pairs(tmp_path / "data", 120)
     env = {**os.environ, "MEDIABIND_HOME": str(tmp_path / "home"),
            "MEDIABIND_PRESET": "imagebind_tiny"}
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "flows.cli", "bind", "radar", "--pairs", str(manifest),
                "--layout", "series", "--channels", str(CHANNELS), "--samples", str(SIDE),
-               "--epochs", "20", "--batch-size", "64", "--run-dir", str(run_dir)]
+               "--epochs", "12", "--batch-size", "32", "--run-dir", str(run_dir)]
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     before = _wait_for_epochs(run_dir, 2, first)
@@ -196,7 +196,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL
     done_before = len(before["history"]["train_loss"])
-    assert done_before < 20 and registered(tmp_path / "home") == {}
+    assert done_before < 12 and registered(tmp_path / "home") == {}
 
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
@@ -204,10 +204,10 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     resumed_at = int(second.stderr.split("resuming from the checkpoint after epoch ")[1].split()[0])
     assert resumed_at >= done_before
     after = read_checkpoint(run_dir)["history"]
-    assert len(after["train_loss"]) == 20
+    assert len(after["train_loss"]) == 12
     assert after["train_loss"][:done_before] == before["history"]["train_loss"]
-    assert f"epoch {resumed_at + 1}/20" in second.stderr
-    assert f"epoch {resumed_at}/20" not in second.stderr  # finished epochs are not run again
+    assert f"epoch {resumed_at + 1}/12" in second.stderr
+    assert f"epoch {resumed_at}/12" not in second.stderr  # finished epochs are not run again
     assert list(registered(tmp_path / "home")) == ["radar"]
 
 

@@ -176,13 +176,13 @@ class Service:
     def _run(self, request: RunRequest, settings: Settings, state: dict[str, Any]) -> None:
         from dataclasses import asdict
 
-        from flows.run import start_run
-        from search.store import VectorStore
-
         def record(progress: Any) -> None:
             state["progress"] = asdict(progress)
 
         try:
+            from flows.run import start_run  # in the guard: a failed import fails the run
+            from search.store import VectorStore
+
             held = self.client.store  # one engine, one lock: this run and the page share it
             store = VectorStore(held.backend, settings, held.kind)
             with self._one_run:

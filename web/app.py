@@ -39,12 +39,25 @@ RUN_SECRET_HEADER = "X-Mediabind-Run-Secret"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
+def _import_before_threads() -> None:
+    """Import what request and run threads import lazily, here on the starting thread.
+
+    Two threads importing one package's modules in opposite orders (a search loading
+    the model while a handed run imports ``flows.run``) deadlock in importlib; the
+    run thread then died with ``_DeadlockError`` (seen in tests/test_handoff.py).
+    """
+    import embed_workers.encoder  # noqa: F401
+    import flows.run  # noqa: F401
+    import search.store  # noqa: F401
+
+
 def create_app(settings: Settings | None = None, *, token: str | None = None,
                service: Service | None = None, run_secret: str | None = None) -> FastAPI:
     """The app on ``service`` (default: a new one on ``settings``, closed with the app;
     one handed in stays open for its owner). ``run_secret``: what a run handed to this
     server (``flows.handoff``) must carry; None: it takes no runs."""
     settings = settings or get_settings()
+    _import_before_threads()
     owned = service is None
     service = service or Service(settings)
 
