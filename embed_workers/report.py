@@ -51,12 +51,14 @@ class ItemOutcome:
     duration_s: float | None = None
     stage: str = ""
     reason: str = ""
+    decoder: str = ""  # the frame backend that decoded a video (nvdec, pyav, ffmpeg)
 
 
 ITEM_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("uri", pa.string()), ("outcome", pa.string()),
     ("kind", pa.string()), ("segments", pa.int64()), ("modalities", pa.string()),
     ("duration_s", pa.float64()), ("stage", pa.string()), ("reason", pa.string()),
+    ("decoder", pa.string()),
 ])
 
 
@@ -80,6 +82,7 @@ class RunReport:
     manifest: str | None = None  # the plan's manifest (Parquet), with a ledger
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node → entries read
     encode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node → segments encoded
+    video_decoders: dict[str, int] = field(default_factory=dict)  # frame backend → videos
     notes: list[str] = field(default_factory=list)
     items_ingested: Counter[str] = field(default_factory=Counter)  # per modality
     items_completed: int = 0
@@ -96,6 +99,8 @@ class RunReport:
     def add_outcome(self, outcome: ItemOutcome) -> None:
         self.outcomes.append(outcome)
         self.items_seen += 1
+        if outcome.decoder:
+            self.video_decoders[outcome.decoder] = self.video_decoders.get(outcome.decoder, 0) + 1
         if outcome.outcome is Outcome.SKIPPED:
             self.items_skipped += 1
         elif outcome.outcome is Outcome.DUPLICATE:
@@ -220,6 +225,7 @@ class RunReport:
             ("items rejected", len(self.rejected_items())), ("points written", self.points_written),
             ("media seconds", f"{self.media_seconds:.1f}"), ("wall seconds", f"{self.wall_seconds:.1f}"),
             ("media s per wall s", f"{t['media_s_per_s']:.2f}"),
+            ("video decoders", _counts(self.video_decoders)),
         ]
         rows += [(f"{k} seconds", f"{v:.1f}") for k, v in self.stage_seconds.items()]
         text = [f"# Ingest run `{self.run_id}`", "",
@@ -253,6 +259,7 @@ def summary_text(report: dict[str, Any]) -> str:
         f"  media: {r['media_seconds']:.1f} s in {r['wall_seconds']:.1f} s wall "
         f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
         "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()),
+        f"  video decoded by: {_counts(r.get('video_decoders', {}))}",
     ]
     lines += [f"  note: {n}" for n in r["notes"]]
     rejected = r["rejected"]

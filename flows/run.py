@@ -102,6 +102,19 @@ def check_run(source: str, settings: Settings, *, run_id: str | None = None,
     return CheckedRun(normalise_source(source), run_id, model_id)
 
 
+def check_local_decoders(settings: Settings, executor: str) -> None:
+    """A decoder asked for by name must run here when decoding runs here (the local
+    executor); a Ray run's read tasks judge it on their own nodes."""
+    from ingest.decode.base import DecodeError
+    from ingest.decode.video import check_video_decoder
+
+    if executor == "local":
+        try:
+            check_video_decoder(settings.video_decoder)
+        except DecodeError as exc:
+            raise ValueError(str(exc)) from None
+
+
 def check_source(source: str) -> None:
     """A local source must exist now; URLs are checked when they are listed."""
     if "://" in source and not source.startswith("file://"):
@@ -125,6 +138,7 @@ def start_run(source: str, settings: Settings, *, executor: str | None = None,
     from flows.handoff import running_ui
 
     checked = check_run(source, settings, run_id=run_id, encoder=encoder)
+    check_local_decoders(settings, executor or settings.executor)
     ui = running_ui(settings) if store is None and encoder is None else None
     if ui is not None:
         return handed_run(ui, checked, settings, executor or settings.executor, manifest,

@@ -92,10 +92,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
     ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call "
                                     "(and of one batch of frames decoded in-process by PyAV).")
-    video_decoder: Literal["auto", "pyav", "ffmpeg"] = Field(
-        "auto", description="Where a video's chosen frames are decoded: pyav (in this process, "
-        "one open container per batch) or ffmpeg (a process per batch of seeks). auto = pyav "
-        "when installed. Not part of the segment policy: both give the frames the window asks for.")
+    video_decoder: Literal["auto", "nvdec", "pyav", "ffmpeg"] = Field(
+        "auto", description="Where a video's chosen frames are decoded: nvdec (the GPU's video "
+        "decoder, PyNvVideoCodec; H.264/HEVC/AV1), pyav (in this process, one open container "
+        "per batch) or ffmpeg (a process per batch of seeks). auto = nvdec where this process "
+        "sees a GPU with it and the codec is one it takes, else pyav when installed, else "
+        "ffmpeg. Not part of the segment policy: all give the frames the window asks for.")
     max_media_duration_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Longest audio, video or IMU recording accepted "
         "(seconds); a longer claim (often a corrupt or hostile header) is Rejected.")

@@ -13,9 +13,18 @@ import numpy as np
 import pytest
 from media import colour_source, dominant_hz, ffmpeg, media_item, second_of
 
-from ingest.decode import decode_item, pyav_frames
+from ingest.decode import decode_item, nvdec_frames, pyav_frames
 from ingest.decode.base import DecodeError
-from ingest.decode.video import FFMPEG, PYAV, frame_backend, frame_targets, plan_runs, scaled_size
+from ingest.decode.video import (
+    FFMPEG,
+    NVDEC,
+    PYAV,
+    check_video_decoder,
+    frame_backend,
+    frame_targets,
+    plan_runs,
+    scaled_size,
+)
 from ingest.probe import probe
 from ingest.segment import windows
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, SegmentPolicy, Settings, Stage
@@ -43,7 +52,8 @@ def test_clips_are_first_and_last_frame_of_each_window(media, decode_settings):
     assert [c.index for c in clips] == [0, 1, 2]
     for clip in clips:
         assert clip.data.dtype == np.uint8 and clip.data.shape == (2, 48, 64, 3)
-        assert clip.kind == Kind.VIDEO and clip.extra == {"width": 64, "height": 48}
+        assert clip.kind == Kind.VIDEO and clip.extra == {
+            "width": 64, "height": 48, "decoder": decode_settings.video_decoder}
         assert second_of(clip.data[0]) == clip.start_s  # the frame shown at the start
     # the last frame is the one shown at the window's end (shared with the next window),
     # and for the final window the last frame of the stream
@@ -80,7 +90,7 @@ def test_no_audio_track_gives_vision_only(media, decode_settings):
 def test_rotated_video_is_shown_upright_size(media, decode_settings):
     clips = of(decode(media, "rotated_mp4", decode_settings), Modality.VISION)
     assert clips[0].data.shape == (2, 64, 48, 3)
-    assert clips[0].extra == {"width": 48, "height": 64}
+    assert clips[0].extra == {"width": 48, "height": 64, "decoder": decode_settings.video_decoder}
 
 
 def test_shorter_than_a_window(media, decode_settings):
@@ -209,6 +219,57 @@ def test_the_decoder_setting_picks_the_backend(monkeypatch):
     assert frame_backend("auto") is FFMPEG
     with pytest.raises(DecodeError, match="pip install av"):
         frame_backend("pyav")
+
+
+needs_nvdec = pytest.mark.skipif(not nvdec_frames.available(),
+                                 reason=f"NVDEC: {nvdec_frames.unavailable_reason()}")
+
+
+def test_without_nvdec_video_falls_back_to_the_cpu_decoder(caplog):
+    if nvdec_frames.available():
+        pytest.skip("this machine has NVDEC: the fallback is not what runs here")
+    reason = nvdec_frames.unavailable_reason()
+    assert reason and ("CUDA" in reason or "PyNvVideoCodec" in reason)
+    assert frame_backend("auto", "h264") is PYAV
+    with caplog.at_level("WARNING"):
+        assert frame_backend("nvdec", "h264") is PYAV  # a Ray read task on a CPU-only node
+    assert "decodes video on the CPU" in caplog.text and reason in caplog.text
+    with pytest.raises(DecodeError, match=r"MEDIABIND_VIDEO_DECODER=nvdec, but .*set it to auto"):
+        check_video_decoder("nvdec")
+
+
+def test_a_local_run_asking_for_nvdec_without_it_is_refused_before_anything_is_made(
+        tmp_path, media):
+    from flows.run import start_run
+
+    if nvdec_frames.available():
+        pytest.skip("this machine has NVDEC")
+    home = tmp_path / "home"
+    settings = Settings(home=home, preset="imagebind_tiny", device="cpu", video_decoder="nvdec")
+    with pytest.raises(ValueError, match="MEDIABIND_VIDEO_DECODER=nvdec, but"):
+        start_run(str(media.get("colour_mp4")), settings, executor="local")
+    assert not home.exists() or list(home.rglob("*")) == []  # no store, lock or report
+
+
+def test_codecs_nvdec_does_not_take_stay_on_the_cpu():
+    assert not nvdec_frames.supports("mpeg4") and not nvdec_frames.supports(None)
+    assert nvdec_frames.supports("h264") and nvdec_frames.supports("HEVC")
+    assert frame_backend("auto", "mpeg4") is PYAV and frame_backend("nvdec", "vp8") is PYAV
+
+
+@needs_nvdec
+def test_nvdec_gives_the_cpu_decoders_frames(tmp_path, decode_settings):
+    """On a GPU: the same windows and times as PyAV; pixels differ by the resize only."""
+    path = tmp_path / "hd.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=1280x720:rate=30:duration=6", "-c:v", "libx264", "-g", "60",
+                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    assert frame_backend("auto", "h264") is NVDEC
+    gpu, cpu = _clips(path, "nvdec", decode_settings), _clips(path, "pyav", decode_settings)
+    assert len(gpu) == len(cpu) == 3 and gpu[0].shape == cpu[0].shape == (2, 224, 398, 3)
+    for a, b in zip(gpu, cpu, strict=True):
+        difference = np.abs(a.astype(np.int16) - b.astype(np.int16))
+        assert difference.mean() < 3 and np.percentile(difference, 99) <= 32
 
 
 # --- keyframe sampling ------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from pipeline_helpers import (
 )
 
 from embed_workers.pipeline import run_ingest
-from embed_workers.report import Progress
+from embed_workers.report import Progress, RunReport
+from ingest.decode.video import frame_backend
 from schemas import FILE_LEVEL_INDEX, Kind
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -71,12 +72,21 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
                                                                            "images/red.png"]
         assert report.items_duplicate == 1 and report.items_completed == len(GOOD_FILES)
         assert seen and seen[-1].items_done == report.items_seen
+        # The report names the frame backend of every video, and only of videos.
+        backend = frame_backend(settings.video_decoder, "h264").name
+        videos = [o for o in report.outcomes if o.outcome.value == "ingested"
+                  and o.kind == Kind.VIDEO.value]
+        assert videos and {o.decoder for o in videos} == {backend}
+        assert all(o.decoder == "" for o in report.outcomes if o not in videos)
+        assert report.video_decoders == {backend: len(videos)}
 
         again = run_ingest(str(path), store, settings=settings, executor="local")
         assert store.count() == len(points)
         assert again.points_written == 0 and again.items_skipped == len(GOOD_FILES)
     saved = json.loads((settings.runs_path / again.run_id / "report.json").read_text())
     assert saved["items_skipped"] == len(GOOD_FILES)
+    first = RunReport.read(settings.runs_path / report.run_id)
+    assert [o.decoder for o in first.outcomes] == [o.decoder for o in report.outcomes]
 
 
 def test_each_timed_file_is_probed_once_for_its_kind_duration_and_decode(archive, tmp_path):

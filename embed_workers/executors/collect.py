@@ -52,6 +52,7 @@ class ItemState:
     means: dict[str, ModalityMean] = field(default_factory=dict)
     failed: bool = False
     rejections: list[Rejected] = field(default_factory=list)
+    decoder: str = ""  # the frame backend its video segments name
     records: list[EmbeddingRecord] = field(default_factory=list)  # held until the item settles
 
     def is_settled(self) -> bool:
@@ -202,6 +203,7 @@ class Collector:
             state.means.setdefault(modality, ModalityMean(np.zeros(VECTOR_DIM, np.float32)))
             state.means[modality].add(segment, vector)
             state.settled[name_of(modality)] += 1  # plain names, as ItemDecoded counts
+            state.decoder = segment.extra.get("decoder", state.decoder)
             state.records.append(self.builder.segment_record(state.item, segment, vector,
                                                              state.duration_s))
             touched.append(segment.item_id)
@@ -316,7 +318,8 @@ class Collector:
             sum(m.count for m in state.means.values()) if state else 0,
             ",".join(sorted(state.means)) if state else "",
             state.duration_s if state else None,
-            str(first.stage) if first else "", first.reason if first else ""))
+            str(first.stage) if first else "", first.reason if first else "",
+            state.decoder if state else ""))
 
     # --- end of run ---------------------------------------------------------------------------
     def tick(self) -> None:

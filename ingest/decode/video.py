@@ -48,6 +48,8 @@ Only the frames the windows need are decoded, never the whole stream:
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.decode import pyav_frames
+from ingest.decode import nvdec_frames, pyav_frames
 from ingest.decode.audio import decode_probed_audio
 from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
 from ingest.decode.frames import (
@@ -110,15 +112,15 @@ def vision_segments(job: DecodeJob, video: VideoStreamInfo,
     pairs = frame_targets(spans, fps)
     source = FrameSource(job, scaled_size(video.width, video.height), fps,
                          sorted({t for pair in pairs for t in pair}), video.duration_s,
-                         frame_backend(job.settings.video_decoder), video.rotation,
-                         keyframes_only=job.policy.sampling == "keyframe")
+                         frame_backend(job.settings.video_decoder, video.codec),
+                         video.rotation, keyframes_only=job.policy.sampling == "keyframe")
     for index, ((s, e), (first_t, last_t)) in enumerate(zip(spans, pairs, strict=True)):
         first, last = source.at(first_t), source.at(last_t)
         if not source.nearest and last.time_s > e + 1.5 / fps and first.time_s < e:
             last = first  # no frame at e (VFR gap): the one shown at e is the earlier one
         clip = np.stack([first.pixels, last.pixels])
-        yield job.segment(Modality.VISION, index, s, e, clip,
-                          width=video.width, height=video.height)
+        yield job.segment(Modality.VISION, index, s, e, clip, width=video.width,
+                          height=video.height, decoder=source.backend.name)
         source.forget_before(first_t)
 
 
@@ -362,13 +364,48 @@ def _ffmpeg_batch(path: Path, runs: list[Run], size: tuple[int, int], timeout_s:
 FFMPEG = FrameBackend("ffmpeg", _ffmpeg_batch, last_frame, keyframe_times)
 PYAV = FrameBackend("pyav", pyav_frames.extract_batch, pyav_frames.last_frame,
                     pyav_frames.keyframe_times)
+NVDEC = FrameBackend("nvdec", nvdec_frames.extract_batch, nvdec_frames.last_frame,
+                     nvdec_frames.keyframe_times)
 
 
-def frame_backend(choice: str = "auto") -> FrameBackend:
-    """``MEDIABIND_VIDEO_DECODER``: auto (PyAV when installed: no process per batch,
-    the faster of the two in ``benchmarks/decode.py``), pyav or ffmpeg."""
+def frame_backend(choice: str = "auto", codec: str | None = None) -> FrameBackend:
+    """``MEDIABIND_VIDEO_DECODER`` for a video stream of ``codec``:
+
+    * auto: NVDEC when this process sees a GPU with it and the codec is one it takes
+      (H.264, HEVC, AV1), else PyAV when installed (no process per batch, the faster
+      CPU backend in ``benchmarks/decode.py``), else ffmpeg;
+    * nvdec: the same, but a run on the local executor refuses to start where NVDEC is
+      not usable (``check_video_decoder``). A Ray read task on a node without it
+      decodes on the CPU with a warning: refusing there would record every video as
+      rejected for a fault of the node, not of the file;
+    * pyav or ffmpeg: that CPU backend.
+
+    The run report names the backend each video used (``ItemOutcome.decoder``).
+    """
     if choice == "ffmpeg":
         return FFMPEG
+    if choice == "pyav":
+        check_video_decoder(choice)
+        return PYAV
+    if nvdec_frames.supports(codec) and nvdec_frames.available():
+        return NVDEC
+    if choice == "nvdec":
+        _warn_no_nvdec()
+    return PYAV if pyav_frames.available() else FFMPEG
+
+
+def check_video_decoder(choice: str) -> None:
+    """DecodeError for a decoder asked for by name that cannot run in this process,
+    saying what is missing."""
+    if choice == "nvdec" and not nvdec_frames.available():
+        raise DecodeError(f"MEDIABIND_VIDEO_DECODER=nvdec, but {nvdec_frames.unavailable_reason()}"
+                          "; set it to auto to decode on the CPU where there is no NVDEC")
     if choice == "pyav" and not pyav_frames.available():
         raise DecodeError("MEDIABIND_VIDEO_DECODER=pyav, but PyAV is not installed (pip install av)")
-    return PYAV if pyav_frames.available() else FFMPEG
+
+
+@functools.cache
+def _warn_no_nvdec() -> None:
+    logging.getLogger(__name__).warning(
+        "MEDIABIND_VIDEO_DECODER=nvdec, but %s: this process decodes video on the CPU",
+        nvdec_frames.unavailable_reason())
