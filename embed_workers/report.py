@@ -164,6 +164,7 @@ class RunReport:
             "objects_listed": self.objects_listed, "shards": self.shards,
             "manifest": self.manifest, "decode_nodes": dict(self.decode_nodes),
             "encode_nodes": dict(self.encode_nodes),
+            "video_decoders": dict(self.video_decoders),
             "notes": list(self.notes),
             "items_ingested": dict(self.items_ingested),
             "items_rejected": len(self.rejected_items()),

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         "decoder, PyNvVideoCodec; H.264/HEVC/AV1), pyav (in this process, one open container "
         "per batch) or ffmpeg (a process per batch of seeks). auto = nvdec where this process "
         "sees a GPU with it and the codec is one it takes, else pyav when installed, else "
-        "ffmpeg. Not part of the segment policy: all give the frames the window asks for.")
+        "ffmpeg. Not part of the segment policy: all take the frames at the window's times "
+        "(nvdec's resize to 224 differs slightly).")
     max_media_duration_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Longest audio, video or IMU recording accepted "
         "(seconds); a longer claim (often a corrupt or hostile header) is Rejected.")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from media import colour_source, dominant_hz, ffmpeg, media_item, second_of
 
-from ingest.decode import decode_item, nvdec_frames, pyav_frames
+from ingest.decode import decode_item, nvdec_frames, pyav_frames, video
 from ingest.decode.base import DecodeError
 from ingest.decode.video import (
     FFMPEG,
@@ -231,6 +231,7 @@ def test_without_nvdec_video_falls_back_to_the_cpu_decoder(caplog):
     reason = nvdec_frames.unavailable_reason()
     assert reason and ("CUDA" in reason or "PyNvVideoCodec" in reason)
     assert frame_backend("auto", "h264") is PYAV
+    video._warn_no_nvdec.cache_clear()  # warned once per process: not by an earlier test
     with caplog.at_level("WARNING"):
         assert frame_backend("nvdec", "h264") is PYAV  # a Ray read task on a CPU-only node
     assert "decodes video on the CPU" in caplog.text and reason in caplog.text
@@ -311,3 +312,24 @@ def test_both_backends_time_keyframes_from_the_container_start(tmp_path, decode_
     clips = _clips(path, "pyav", decode_settings)
     assert clips and [[second_of(f) for f in c] for c in clips] == \
         [[second_of(f) for f in c] for c in _clips(path, "ffmpeg", decode_settings)]
+
+
+def test_a_video_nvdec_fails_on_is_decoded_on_the_cpu_instead(media, decode_settings, caplog):
+    """Here NVDEC really fails (no GPU, no PyNvVideoCodec session): the frame source
+    switches to the CPU backend and gives the CPU's frames, never a rejection."""
+    from ingest.decode.base import DecodeJob
+    from ingest.decode.video import FrameSource
+
+    if nvdec_frames.available():
+        pytest.skip("NVDEC works on this machine")
+    path = media.get("colour_mp4")
+    job = DecodeJob(media_item(path, Kind.VIDEO), path, SegmentPolicy(), decode_settings)
+    targets = [0.0, 2.0, 4.0]
+    forced = FrameSource(job, (64, 48), 10.0, targets, backend=NVDEC)
+    cpu = FrameSource(job, (64, 48), 10.0, targets, backend=PYAV)
+    with caplog.at_level("WARNING"):
+        got = [forced.at(t) for t in targets]
+    assert forced.backend is PYAV and "NVDEC failed on" in caplog.text
+    for ours, theirs in zip(got, [cpu.at(t) for t in targets], strict=True):
+        assert ours.time_s == theirs.time_s
+        np.testing.assert_array_equal(ours.pixels, theirs.pixels)

@@ -87,6 +87,8 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
     assert saved["items_skipped"] == len(GOOD_FILES)
     first = RunReport.read(settings.runs_path / report.run_id)
     assert [o.decoder for o in first.outcomes] == [o.decoder for o in report.outcomes]
+    assert first.video_decoders == report.video_decoders
+    assert f"video decoded by: {backend} {len(videos)}" in first.summary()
 
 
 def test_each_timed_file_is_probed_once_for_its_kind_duration_and_decode(archive, tmp_path):

@@ -85,17 +85,23 @@ def last_frame(path: Path, size: tuple[int, int], timeout_s: float, rotation: in
 
 def keyframe_times(path: Path, timeout_s: float) -> list[float]:
     """Sorted keyframe times of the first video stream, from the packets (demux only)."""
-    deadline = time.monotonic() + timeout_s
-    times = []
     try:
-        with _opened(path) as (container, stream, start):
-            for packet in container.demux(stream):
-                _check(deadline)
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if packet.is_keyframe and stamp is not None:
-                    times.append(float(stamp * stream.time_base) - start)
+        return packet_times(path, timeout_s, keyframes=True)
     except DecodeError:
         return []  # no index: runs are then grouped by gaps alone (still correct)
+
+
+def packet_times(path: Path, timeout_s: float, keyframes: bool = False) -> list[float]:
+    """Sorted presentation times of the first video stream's packets (of its keyframes
+    only, with ``keyframes``), from the container's start; demux only, no decode."""
+    deadline = time.monotonic() + timeout_s
+    times = []
+    with _opened(path) as (container, stream, start):
+        for packet in container.demux(stream):
+            _check(deadline)
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is not None and packet.size and (packet.is_keyframe or not keyframes):
+                times.append(float(stamp * stream.time_base) - start)
     return sorted(times)
 
 

@@ -54,6 +54,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +115,15 @@ def vision_segments(job: DecodeJob, video: VideoStreamInfo,
                          sorted({t for pair in pairs for t in pair}), video.duration_s,
                          frame_backend(job.settings.video_decoder, video.codec),
                          video.rotation, keyframes_only=job.policy.sampling == "keyframe")
+    try:
+        yield from _clips(job, video, spans, pairs, fps, source)
+    finally:
+        source.close()
+
+
+def _clips(job: DecodeJob, video: VideoStreamInfo, spans: list[tuple[float, float]],
+           pairs: list[tuple[float, float]], fps: float, source: FrameSource
+           ) -> Iterator[Segment]:
     for index, ((s, e), (first_t, last_t)) in enumerate(zip(spans, pairs, strict=True)):
         first, last = source.at(first_t), source.at(last_t)
         if not source.nearest and last.time_s > e + 1.5 / fps and first.time_s < e:
@@ -162,7 +172,7 @@ class FrameSource:
         self.rotation = rotation  # the pyav backend turns frames upright itself
         self.stream_end_s = stream_end_s  # what the video stream claims, if anything
         self.slack = 0.5 / fps  # seek this far past a target: onto its frame, short of the next
-        self.keyframes = self.backend.keyframe_times(job.path, self._timeout)
+        self.keyframes = self.backend.keyframe_times(job.path, self._timeout)  # (CPU demux)
         # The ``keyframe`` sampling: each target takes the keyframe nearest it, and only
         # keyframes are decoded. Without a keyframe index, the exact frames are taken.
         self.nearest = nearest_keyframes(targets, self.keyframes, 0.25 / fps) \
@@ -198,8 +208,8 @@ class FrameSource:
         if keyframes_only:  # one sequential keyframes-only pass: no seek per target
             groups = [[t for g in groups for t in g]]
         runs = [self._run(targets, keyframes_only) for targets in groups]
-        got = self.backend.extract_batch(self.job.path, runs, self.size, self._timeout,
-                                         sum(len(t) for t in groups), self.rotation)
+        got = self._decode("extract_batch", self.job.path, runs, self.size, self._timeout,
+                           sum(len(t) for t in groups), self.rotation)
         for targets, frames in zip(groups, got, strict=True):
             for target in targets:
                 found = next((f for f in frames if f.time_s >= target - 1e-5), None)
@@ -220,8 +230,8 @@ class FrameSource:
     def _after_gap(self, target: float) -> Frame:
         """The first frame at/after ``target`` beyond the run's reach, else the last one."""
         seek = target + self.slack
-        got = self.backend.extract_batch(self.job.path, [Run(seek, None, (target - seek,))],
-                                         self.size, self._timeout, 1, self.rotation)[0]
+        got = self._decode("extract_batch", self.job.path, [Run(seek, None, (target - seek,))],
+                           self.size, self._timeout, 1, self.rotation)[0]
         if got:
             return got[0]
         if self.stream_end_s and target < self.stream_end_s - TRUNCATION_SLACK_S:
@@ -233,9 +243,29 @@ class FrameSource:
     def tail(self) -> Frame:
         """The last decodable frame, looking back from the end further until one appears."""
         if self._tail is None:
-            self._tail = self.backend.last_frame(self.job.path, self.size, self._timeout,
-                                                 self.rotation)
+            self._tail = self._decode("last_frame", self.job.path, self.size, self._timeout,
+                                      self.rotation)
         return self._tail
+
+    def _decode(self, step: str, *args: Any) -> Any:
+        """``step`` of the backend. NVDEC failing on a video (a profile or size this GPU
+        does not decode, out of memory, a library error) is not the file's fault: the
+        rest of the video is decoded on the CPU, which judges the file itself."""
+        try:
+            return getattr(self.backend, step)(*args)
+        except Exception as exc:  # noqa: BLE001 - any NVDEC failure; CPU errors re-raise
+            if self.backend is not NVDEC:
+                raise
+            logging.getLogger(__name__).warning(
+                "NVDEC failed on %s (%s: %s); decoding it on the CPU", self.job.item.source_uri,
+                type(exc).__name__, exc)
+            self.close()
+            self.backend = cpu_backend()
+            return getattr(self.backend, step)(*args)
+
+    def close(self) -> None:
+        if self.backend is NVDEC:
+            nvdec_frames.release()
 
     @property
     def _timeout(self) -> float:
@@ -389,8 +419,12 @@ def frame_backend(choice: str = "auto", codec: str | None = None) -> FrameBacken
         return PYAV
     if nvdec_frames.supports(codec) and nvdec_frames.available():
         return NVDEC
-    if choice == "nvdec":
-        _warn_no_nvdec()
+    if choice == "nvdec" and not nvdec_frames.available():
+        _warn_no_nvdec(nvdec_frames.unavailable_reason())
+    return cpu_backend()
+
+
+def cpu_backend() -> FrameBackend:
     return PYAV if pyav_frames.available() else FFMPEG
 
 
@@ -405,7 +439,6 @@ def check_video_decoder(choice: str) -> None:
 
 
 @functools.cache
-def _warn_no_nvdec() -> None:
+def _warn_no_nvdec(reason: str | None) -> None:
     logging.getLogger(__name__).warning(
-        "MEDIABIND_VIDEO_DECODER=nvdec, but %s: this process decodes video on the CPU",
-        nvdec_frames.unavailable_reason())
+        "MEDIABIND_VIDEO_DECODER=nvdec, but %s: this process decodes video on the CPU", reason)
