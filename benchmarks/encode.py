@@ -34,6 +34,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+import bench_record as record  # noqa: E402
+
 from embed_workers.model import ImageBindModel, build_model, get_preset  # noqa: E402
 from embed_workers.model.config import ImageBindConfig  # noqa: E402
 from embed_workers.model.precision import DTYPES  # noqa: E402
@@ -232,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile both models first")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny preset, short timings")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    record.add_flag(p)
     return fill_defaults(p.parse_args(argv))
 
 
@@ -279,6 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"environment": meta, "rows": rows, "precision": drift},
                                         indent=2))
         print(f"wrote {args.json}")
+    vision = [r for r in rows if r["modality"] == "vision"]
+    if args.record and vision:
+        best = max(vision, key=lambda r: r["batch"])
+        figure = f"vision {best['ours_items_s']:,.0f} img/s at batch {best['batch']}"
+        if "ours_fraction_of_peak" in best:
+            figure += f": {best['ours_fraction_of_peak']:.0%} of {args.peak_tflops:g} TFLOP/s peak"
+        if "ratio" in best:
+            figure += f"; {best['ratio']:.2f}x the reference implementation"
+        record.save("encode", f"encoders, `{' '.join(args.preset)}`, {args.dtype}", figure,
+                    {"environment": meta, "rows": rows, "precision": drift},
+                    gpu=meta["device"] if device.type == "cuda" else None)
     return 0
 
 

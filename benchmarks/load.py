@@ -37,6 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_record as record  # noqa: E402
+
 from schemas import EmbeddingRecord, SegmentPolicy, Settings, point_id  # noqa: E402
 from search.store import VectorStore, open_store  # noqa: E402
 
@@ -183,6 +185,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=384)
     parser.add_argument("--json", help="also write the figures here")
+    record.add_flag(parser)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     queries = unit_vectors(rng, args.queries)
@@ -199,6 +202,15 @@ def main() -> None:
           f"{mixed['points_written_meanwhile']} points written meanwhile")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    if args.record:
+        rows = figures["edge"]["edge"]
+        record.save("load", f"concurrent searches, {args.points:,} points, embedded store",
+                    f"{sum(r['errors'] for r in rows)} errors at "
+                    f"{'/'.join(str(r['clients']) for r in rows)} threads; p50 "
+                    f"{rows[0]['p50_ms']:.0f} ms alone, {rows[-1]['p50_vs_1_client']:.0f}x at "
+                    f"{rows[-1]['clients']} threads ({rows[0]['qps']:.0f} q/s alone, "
+                    f"{rows[-1]['qps']:.0f} at {rows[-1]['clients']}); while ingesting p50 "
+                    f"{mixed['ratio_p50']:.2f}x idle", figures)
 
 
 if __name__ == "__main__":

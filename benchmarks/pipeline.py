@@ -42,6 +42,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_record as record  # noqa: E402
+
 from embed_workers.encoder import Encoder  # noqa: E402
 from embed_workers.executors import preset_model_id  # noqa: E402
 from embed_workers.executors.local import encode_threads  # noqa: E402
@@ -302,6 +304,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="decode threads / tasks")
     p.add_argument("--encode-threads", default="0",
                    help="0 = auto (4 on CUDA, 1 on CPU); a list (1,4) runs the pipeline once per value")
+    record.add_flag(p)
     return p.parse_args()
 
 
@@ -324,6 +327,31 @@ def main() -> None:
             decode = decode or decode_alone(archive, settings)
             pipe = run_pipeline(archive, settings, args)
             print_results(decode, pipe, settings, args.executor)
+            if args.record:
+                keep(decode, pipe, settings, args, videos, seconds)
+
+
+def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
+         videos: int, seconds: float) -> None:
+    """This run's figures for the README (``--record``)."""
+    report = pipe["report"]
+    rate = report.media_seconds / pipe["wall_s"]
+    cuda = settings.device.startswith("cuda")
+    figure = (f"{rate:.1f} media-s/s against {decode['media_s_per_s']:.1f} for decode + "
+              f"preprocessing alone: {rate / decode['media_s_per_s']:.2f} of it")
+    if cuda and pipe.get("gpu_busy_s") is not None:
+        figure += f"; GPU busy {pipe['gpu_busy_s'] / pipe['wall_s']:.0%} (CUDA events)"
+    gpu = None
+    if cuda:
+        import torch
+
+        gpu = torch.cuda.get_device_name()
+    record.save("pipeline_gpu" if cuda else "pipeline_cpu",
+                f"whole pipeline, `{settings.preset}` {settings.device}/{settings.dtype}, "
+                f"{args.executor} executor, {videos} x {seconds:g}-s {args.size} videos",
+                figure, {"media_s_per_s": rate, "decode_alone_media_s_per_s": decode["media_s_per_s"],
+                         "wall_s": pipe["wall_s"], "gpu_busy_s": pipe.get("gpu_busy_s"),
+                         "stage_seconds": dict(report.stage_seconds)}, gpu=gpu)
 
 
 if __name__ == "__main__":

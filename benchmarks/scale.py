@@ -40,6 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_record as record  # noqa: E402
+
 from embed_workers.executors import preset_model_id  # noqa: E402
 from embed_workers.pipeline import run_ingest  # noqa: E402
 from schemas import Settings  # noqa: E402
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2],
                         help="worker-node counts to run (the ratio needs 1 and 2)")
+    record.add_flag(parser)
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_enable_worker_prestart", "0")
@@ -155,6 +158,16 @@ def main() -> None:
         return
     ratio = runs[2]["media_s_per_s"] / runs[1]["media_s_per_s"]
     print(f"2 nodes / 1 node: {ratio:.2f}x (parallel efficiency {ratio / 2:.0%})")
+    if args.record:
+        one, two = runs[1], runs[2]
+        record.save("scale", "Ray executor, 1 and 2 worker nodes of one core each, tiny model",
+                    f"{two['media_s_per_s']:.1f} media-s/s on 2 nodes against "
+                    f"{one['media_s_per_s']:.1f} on 1: {ratio:.2f}x (parallel efficiency "
+                    f"{ratio / 2:.0%}) on {one['media']:.0f} media-s of video; the driver "
+                    f"{two['driver_cpu_per_media_s'] * 1000:.1f} CPU-ms and "
+                    f"{two['driver_bytes_per_media_s']:.0f} bytes read per media-s; an "
+                    f"unchanged rerun {two['rerun'] / two['wall']:.3f}x the first run's time",
+                    {"runs": runs, "ratio": ratio})
 
 
 if __name__ == "__main__":

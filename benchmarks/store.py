@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import bench_record as record
 import numpy as np
 
 from schemas import EmbeddingRecord, SegmentPolicy, Settings, collection_name, point_id
@@ -244,6 +245,19 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def keep(rows: list[Row]) -> None:
+    """The README's figure (``--record``): the largest edge store, ours against bare."""
+    n = max(r.points for r in rows if r.backend == "edge")
+    o, b = (next(r for r in rows if (r.backend, r.points, r.side) == ("edge", n, side))
+            for side in ("ours", "bare"))
+    ratios = [b.upsert_pps / o.upsert_pps, o.search_p50_ms / b.search_p50_ms,
+              o.filtered_p50_ms / b.filtered_p50_ms]
+    record.save("store", f"embedded store (edge), {n:,} points",
+                f"upsert {o.upsert_pps:,.0f} points/s, exact search p50 {o.search_p50_ms:.0f} ms, "
+                f"filtered p50 {o.filtered_p50_ms:.0f} ms; our layer {min(ratios):.2f}-"
+                f"{max(ratios):.2f}x the bare engine's time", {"rows": [asdict(r) for r in rows]})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
@@ -253,10 +267,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--dir", type=Path, help="where the stores are created (default: "
                         "the temp dir; /dev/shm takes a busy disk's fsyncs out of the figures)")
+    record.add_flag(parser)
     args = parser.parse_args(argv)
     sizes = [1_000] if args.quick else args.sizes
     rows = run(sizes, args.backends, args.dir)
     print(table(rows))
+    if args.record:
+        keep(rows)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
