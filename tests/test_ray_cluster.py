@@ -259,6 +259,27 @@ def test_a_killed_worker_node_leaves_every_point_once_and_a_smaller_cluster_work
 
 
 
+def test_a_run_started_while_ray_still_counts_a_dead_node_completes(doomed_cluster, tmp_path):
+    """Ray marks a killed node dead some seconds later; a run planned in between sizes its
+    pool for two nodes while one is left. It must not wait forever (all actors on the
+    node that is left, no room for a read), and it must complete there."""
+    made, workers = doomed_cluster
+    folder = big_folder(tmp_path / "src", notes=12, photos=12)
+    settings = settings_for(tmp_path / "home", shard_files=4, decode_workers=2,
+                            encode_actors=2)
+    made.remove_node(workers[0], allow_graceful=False)
+    alive = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0)
+    assert alive == 2, "Ray already saw the node die: this test needs the moment before"
+    with open_ready_store(settings) as store:
+        report = run_ingest(str(folder), store, settings=settings, executor="ray",
+                            ledger=store.ledger())
+        assert report.items_completed == 24 and report.rejected == []
+        assert store.count() == 24
+    print(f"\nRay counted {alive} live worker node(s) when the run started; it ran on "
+          f"{sorted(report.encode_nodes)}")
+    assert set(report.encode_nodes) == {workers[1].node_id}
+
+
 class StagedEvents:
     """Counts the rows staged so far, per event, reading each new part once."""
 

@@ -7,8 +7,9 @@ pool, committed by one actor.
            straight from the source, hash, probe, decode, pack (``ray_tasks``);
            blocks of packed inputs per modality, every row keyed by its entry and its
            reading
-        ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=1, max_size=N))
-           (model built once per actor; the pool grows with the cluster and runs on
+        ─► map_batches(EncodeActor, compute=ActorPoolStrategy(min_size=fit, max_size=N))
+           (model built once per actor; spread over the nodes; the pool starts with the
+           actors the cluster holds, ``pool_start``, grows with the cluster and runs on
            what exists; it finishes the packs on its device and runs the model), which stages
            each output block (``embed_workers.staging``) before returning it
         ─► the committer actor (``ray_commit``): admission (one copy per item, one
@@ -370,10 +371,9 @@ def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
     decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1),
                                        settings.decode_workers, settings.encode_actors)
     # SPREAD: read tasks go to different nodes where they can, so decode and the
-    # source's bandwidth grow with the cluster instead of filling one node first. The
-    # pool says DEFAULT: with args it could merge, Ray Data would fuse the reads into
-    # the encode actors, and decode would run only where they do. (Ray 2.60 warns that
-    # such free remote args go in 2.64; it names no replacement for the strategy yet.)
+    # source's bandwidth grow with the cluster instead of filling one node first. (Ray
+    # 2.60 warns that such free remote args go in 2.64; it names no replacement for the
+    # strategy yet.)
     # decode_workers × READ_TASKS_PER_WORKER read tasks of a few shards each, at most
     # decode_workers at once.
     source = ShardDatasource(shards, job, settings.decode_workers * READ_TASKS_PER_WORKER)
@@ -381,15 +381,52 @@ def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
         source, override_num_blocks=len(source.groups),
         concurrency=min(settings.decode_workers, len(source.groups)), num_cpus=decode_cpu,
         scheduling_strategy="SPREAD")
-    # min 1: a run starts on a cluster smaller than encode_actors (say, after a node
-    # was lost) instead of waiting for actors that cannot be placed; max: the pool
-    # grows to encode_actors as resources appear.
+    # The pool starts with the actors that fit the cluster as it is (a run on a cluster
+    # smaller than encode_actors, say after a node was lost, starts instead of waiting
+    # for actors that cannot be placed) and grows to encode_actors as resources appear.
+    # It is also its minimum: from a minimum of one, Ray Data's autoscaler keeps a single
+    # actor whenever encoding is quicker than decoding (a small model on CPUs), and the
+    # other nodes' encoders sit idle (benchmarks/scale.py). Actors are spread over the nodes by a
+    # remote-args function: it keeps Ray Data from fusing the reads into the actors
+    # (decode must run on every node, not only where an actor does).
+    start = pool_start(settings.encode_actors, gpus)
     return ds.map_batches(
         EncodeActor, fn_constructor_args=(ctx.encoder_args, settings, ctx.model_id, ctx.encoder, staging),
         batch_size=None, batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=settings.encode_actors),
-        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else actor_cpu,
-        scheduling_strategy="DEFAULT")
+        compute=ActorPoolStrategy(min_size=start, max_size=settings.encode_actors),
+        num_gpus=1 if gpus else 0,
+        num_cpus=1 if gpus else min(actor_cpu, actor_cpu_cap(decode_cpu, start)),
+        ray_remote_args_fn=_spread)
+
+
+def _spread() -> dict[str, Any]:
+    return {"scheduling_strategy": "SPREAD"}
+
+
+def pool_start(actors: int, gpus: bool) -> int:
+    """How many encode actors the pool starts with: ``actors``, or as many as the live
+    cluster holds (one per GPU; on CPUs one per node with a CPU), at least one.
+
+    Ray notices a dead node some seconds after it died, so this may count one that is
+    gone: CPU actors ask for little enough that a read still fits beside all of them on
+    one node (``actor_cpu_cap``), and Ray places an actor meant for the dead node on a
+    live one once it notices."""
+    fit = int(ray.cluster_resources().get("GPU", 0)) if gpus else len(_cpu_nodes())
+    return max(1, min(actors, fit))
+
+
+def actor_cpu_cap(decode_cpu: float, start: int) -> float:
+    """The most CPU an encode actor may ask for so that ``start`` of them and a read task
+    fit on the smallest node: otherwise, with a node Ray still counts but which is gone,
+    every actor could land on one node and leave no room for a read, and the run would
+    wait forever."""
+    smallest = min(_cpu_nodes() or [1.0])
+    return max((smallest - decode_cpu) / start, 0.05)
+
+
+def _cpu_nodes() -> list[float]:
+    return [n["Resources"]["CPU"] for n in ray.nodes()
+            if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
 
 
 def decode_job(ctx: RunContext, gpus: bool) -> DecodeJob:
