@@ -56,7 +56,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
                      f"{r['date']}, `{r['commit']}` | `{_cell(r['command'])}` |")
     missing = [n for n in ORDER if n not in records]
     if missing:
-        lines += ["", "Not recorded at this commit (no figure until a run records one):"]
+        lines += ["", "No record yet, so no figure (the command that records one):"]
         lines += [f"- `{n}`: `{ORDER[n]}`" for n in missing]
     return "\n".join(lines) + "\n"
 
