@@ -2,10 +2,11 @@
 
 A query input is a file path (``str``/``Path``), raw file ``bytes``, a numpy
 array in the decoded layout (``schemas.MODALITIES[m].decoded``), or, for
-``text=``, the text itself. Files and bytes go through the same
-``ingest.decode.decode_item`` as ingestion, so a query is cut and preprocessed
-exactly like the stored segments; arrays skip decoding because they already
-are what a decoder yields.
+``text=``, the text itself. Files and bytes take ingestion's own route from
+bytes to segments (``ingest.sources.read_local_file``: safety checks, sha256,
+kind; then ``decode_events``), so a query is cut and preprocessed exactly like
+the stored segments; arrays skip decoding because they already are what a
+decoder yields, and audio arrays are cut by ingestion's window cutter.
 
 Fusion follows the ImageBind paper: every input is L2-normalised, weighted
 (1.0 by default), summed and renormalised. An input of several segments (a
@@ -15,7 +16,6 @@ same rule as a stored file-level point.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from schemas import Kind, MediaItem, Modality, Rejected, Segment, Settings
+from schemas import Kind, Modality, Rejected, Segment, Settings
 from schemas.extension import active_specs, extension_kind, is_extension
 
 EMBED_DIM = 1024
@@ -110,9 +110,11 @@ def keyword_of_kind(kind: Kind) -> str | None:
 def keyword_for_file(path: Path, home: Path | None = None) -> str:
     """The keyword a query file goes in by what it is (an upload on the search page):
     its kind, detected as ingestion detects it; ValueError for a file of no kind."""
+    from ingest.kinds import HEAD_BYTES, detect_kind
+
     with path.open("rb") as f:
-        head = f.read(4096)
-    kind = _detect(path, head, home)
+        head = f.read(HEAD_BYTES)
+    kind = detect_kind(path.name, head, path, home)
     keyword = keyword_of_kind(kind) if kind is not None else None
     if keyword is None:
         raise ValueError(f"{path.name!r} is not a media kind mediabind reads "
@@ -314,15 +316,18 @@ def array_segments(keyword: QueryKeyword, array: np.ndarray, settings: Settings)
             for i, w in enumerate(windows)]
 
 
-AUDIO_RATE = 16_000
-
-
 def audio_windows(samples: np.ndarray, settings: Settings) -> list[np.ndarray]:
-    """The windows ingestion would cut from this audio (``ingest.segment.windows``)."""
-    from ingest.segment import windows
+    """The windows ingestion cuts from this waveform (16 kHz mono): its spans
+    (``bounded_windows``) and its cutter (``cut_windows``: a clip too short for one fbank
+    frame is padded, as in ingestion)."""
+    from ingest.decode.audio import SAMPLE_RATE, cut_windows
+    from ingest.decode.base import DecodeError, bounded_windows
 
-    spans = windows(samples.size / AUDIO_RATE, settings.policy)
-    return [samples[round(s * AUDIO_RATE):round(e * AUDIO_RATE)] for s, e in spans]
+    try:
+        spans = bounded_windows(samples.size / SAMPLE_RATE, settings.policy, settings)
+    except (DecodeError, ValueError) as exc:
+        raise ValueError(f"audio=: {exc}") from None
+    return [clip for _, _, clip in cut_windows(iter([samples]), spans)]
 
 
 def bytes_segments(keyword: QueryKeyword, data: bytes, settings: Settings,
@@ -358,44 +363,46 @@ def bytes_file_name(keyword: QueryKeyword, data: bytes) -> str:
 
 def file_segments(keyword: QueryKeyword, path: Path, settings: Settings,
                   count_tokens: Callable[[str], int] | None) -> list[Segment]:
-    """Decode a file as ingestion does and keep the keyword's modality."""
-    item = query_item(keyword, path, settings)
-    from ingest.decode import decode_item
+    """A query file by ingestion's own route from bytes to segments: read, hashed and
+    classified as a source of one file (``ingest.sources.read_local_file``), decoded by
+    ``decode_events``; the keyword's modality is kept."""
+    from ingest.sources import NotOneMediaFile, read_local_file
 
+    check_query_file(keyword, path, settings)
+    try:
+        with read_local_file(path, settings) as entry:
+            return _entry_segments(keyword, entry, settings, count_tokens)
+    except NotOneMediaFile as exc:
+        raise ValueError(f"{keyword.name}=: {exc}") from None
+
+
+def _entry_segments(keyword: QueryKeyword, entry: Any, settings: Settings,
+                    count_tokens: Callable[[str], int] | None) -> list[Segment]:
+    from embed_workers.pipeline import decode_events
+
+    name, kind = entry.item.member, entry.item.kind
+    if kind not in keyword.kinds:
+        wanted = " or ".join(k.value for k in keyword.kinds)
+        raise ValueError(f"{keyword.name}={name!r} must be {wanted}; it is {kind.value}")
     segments: list[Segment] = []
-    for out in decode_item(item, path, settings.policy, settings=settings,
-                           count_tokens=count_tokens):
+    for out in decode_events(entry.item, entry.path, settings.policy, settings, count_tokens):
         if isinstance(out, Rejected):
-            raise ValueError(f"{keyword.name}={path.name!r} cannot be decoded: {out.reason}")
-        if out.modality == keyword.modality:
+            raise ValueError(f"{keyword.name}={name!r} cannot be decoded: {out.reason}")
+        if isinstance(out, Segment) and out.modality == keyword.modality:
             segments.append(out)
     if not segments:
-        raise ValueError(f"{keyword.name}={path.name!r} gave no {keyword.modality.value} segments")
+        raise ValueError(f"{keyword.name}={name!r} gave no {keyword.modality.value} segments")
     return segments
 
 
-def query_item(keyword: QueryKeyword, path: Path, settings: Settings) -> MediaItem:
-    """A MediaItem for a query file, after checking it exists, fits the cap and has the right kind."""
+def check_query_file(keyword: QueryKeyword, path: Path, settings: Settings) -> None:
+    """A query file exists and fits the query cap (before a byte of it is read)."""
     if not path.is_file():
         raise FileNotFoundError(f"{keyword.name}=: no such file: {path}")
     size = path.stat().st_size
     if size > settings.max_query_bytes:
         raise ValueError(f"{keyword.name}={path.name!r} is {size} bytes; the cap is "
                          f"{settings.max_query_bytes} (MEDIABIND_MAX_QUERY_BYTES)")
-    data = path.read_bytes()
-    kind = _detect(path, data, settings.home)
-    if kind not in keyword.kinds:
-        wanted = " or ".join(k.value for k in keyword.kinds)
-        found = kind.value if kind else "not a media kind we know"
-        raise ValueError(f"{keyword.name}={path.name!r} must be {wanted}; it is {found}")
-    digest = hashlib.sha256(data).hexdigest()
-    return MediaItem(digest, str(path.parent), path.name, size, kind)
-
-
-def _detect(path: Path, data: bytes, home: Path | None = None) -> Kind | None:
-    from ingest.kinds import detect_kind
-
-    return detect_kind(path.name, data[:4096], path, home)
 
 
 # --- encoding -------------------------------------------------------------------------------

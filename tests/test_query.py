@@ -171,3 +171,47 @@ def test_bytes_get_a_file_name_the_kind_detector_understands():
     assert bytes_file_name(KEYWORDS["depth"], b"\x93NUMPY...") == "query.depth.npy"
     assert bytes_file_name(KEYWORDS["thermal"], b"\x89PNG\r\n") == "query.thermal.png"
     assert bytes_file_name(KEYWORDS["image"], b"\x89PNG\r\n") == "query"
+
+
+def test_a_query_file_takes_ingestions_route_from_bytes_to_segments(media, tmp_path):
+    """The same item id and segments as ingestion, its one probe, its rejection reasons."""
+    import hashlib
+    import zipfile
+
+    from embed_workers.pipeline import decode_events
+    from ingest import probe
+    from ingest.sources import SourceEntry, iter_source
+
+    settings = Settings(home=tmp_path / "home", ffmpeg_timeout_s=60)
+    video = media.get("colour_mp4")
+    copy = tmp_path / "query.mp4"  # a path no earlier probe of the session has kept
+    copy.write_bytes(video.read_bytes())
+    before = probe.launches.copy()
+    segments = input_segments(QueryPart("video", copy), settings)
+    assert (probe.launches - before)[str(copy)] == 1  # classified and decoded on one probe
+    (entry,) = [o for o in iter_source(copy, settings) if isinstance(o, SourceEntry)]
+    with entry:
+        ingested = [s for s in decode_events(entry.item, entry.path, settings.policy, settings)
+                    if getattr(s, "modality", None) is Modality.VISION]
+    assert {s.item_id for s in segments} == {hashlib.sha256(copy.read_bytes()).hexdigest()}
+    assert [(s.start_s, s.end_s) for s in segments] == [(s.start_s, s.end_s) for s in ingested]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(segments, ingested, strict=True))
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"video=: 'empty.mp4': empty file \(0 bytes\)"):
+        input_segments(QueryPart("video", empty), settings)
+    archive = tmp_path / "clips.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(video, "colour.mp4")
+    with pytest.raises(ValueError, match="is an archive; one media file is wanted"):
+        input_segments(QueryPart("video", archive), settings)
+    with pytest.raises(ValueError, match="must be image; it is video"):
+        input_segments(QueryPart("image", copy), settings)
+
+
+def test_a_short_audio_array_is_padded_like_an_ingested_clip(settings):
+    from ingest.decode.audio import MIN_SAMPLES
+
+    (clip,) = audio_windows(np.ones(10, np.float32), settings)
+    assert clip.size == MIN_SAMPLES and clip[:10].tolist() == [1.0] * 10 and not clip[10:].any()

@@ -1,6 +1,6 @@
 """Frozen targets: the base model's vectors of the paired files, computed once and cached.
 
-Files are decoded exactly as ingest decodes them (``ingest.decode.decode_item``)
+Files are read and decoded by ingestion's own route (``read_local_file``, ``decode_events``)
 and encoded by the frozen base model (``Encoder``). A video paired at ``time_s``
 gives the vector of the window holding that moment; without a time, or for an
 image, the file's vectors are averaged (the file-level point). The cache is a
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.decode import decode_item
-from ingest.kinds import HEAD_BYTES, classify
-from schemas import MediaItem, Modality, Rejected, Segment, Settings
+from embed_workers.pipeline import decode_events
+from ingest.sources import NotOneMediaFile, read_local_file
+from schemas import Modality, Rejected, Segment, Settings
 from schemas.extension import ExtensionError
 
 CHUNK_FILES = 64  # files decoded per model call, to bound memory on big images
@@ -74,14 +74,19 @@ def _per_file(vectors: np.ndarray, counts: list[int]) -> np.ndarray:
 
 def file_segments(path: Path, time_s: float | None, modality: Modality,
                   settings: Settings) -> list[Segment]:
-    """The file's segments of ``modality`` (only the one at ``time_s`` when given)."""
-    item = local_item(path, settings)
+    """The file's segments of ``modality`` (only the one at ``time_s`` when given), by
+    ingestion's own route (``read_local_file``, ``decode_events``)."""
     segments = []
-    for out in decode_item(item, path, settings.policy, settings=settings):
-        if isinstance(out, Rejected):
-            raise ExtensionError(f"{path}: cannot be decoded as {modality.value}: {out.reason}")
-        if out.modality == modality:
-            segments.append(out)
+    try:
+        with read_local_file(path, settings) as entry:
+            for out in decode_events(entry.item, entry.path, settings.policy, settings):
+                if isinstance(out, Rejected):
+                    raise ExtensionError(f"{path}: cannot be decoded as {modality.value}: "
+                                         f"{out.reason}")
+                if isinstance(out, Segment) and out.modality == modality:
+                    segments.append(out)
+    except NotOneMediaFile as exc:
+        raise ExtensionError(f"{path}: {exc}") from None
     if not segments:
         raise ExtensionError(f"{path}: gave no {modality.value} segment")
     return segments if time_s is None else [_at(segments, time_s, path)]
@@ -99,14 +104,3 @@ def _at(segments: list[Segment], time_s: float, path: Path) -> Segment:
         raise ExtensionError(f"{path}: time_s {time_s} is after the end of the video "
                              f"({last.end_s:.3f} s)")
     return last
-
-
-def local_item(path: Path, settings: Settings) -> MediaItem:
-    """A MediaItem for a local file, its kind detected as ingest detects it."""
-    data = Path(path).read_bytes()
-    detection = classify(path.name, data[:HEAD_BYTES], path,
-                         probe_timeout_s=settings.ffmpeg_timeout_s, home=settings.home)
-    if detection.kind is None:
-        raise ExtensionError(f"{path}: {detection.reason}")
-    return MediaItem(hashlib.sha256(data).hexdigest(), str(path.parent), path.name, len(data),
-                     detection.kind, detection.mime)

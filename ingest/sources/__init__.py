@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -60,8 +61,8 @@ from ingest.sources.stream import NESTED_SEPARATOR, RunState, iter_source_member
 from schemas import Rejected, Settings, get_settings
 from schemas.ledger import Ledger, Listed, version_of
 
-__all__ = ["NESTED_SEPARATOR", "ContainerEnd", "SourceEntry", "Unchanged", "iter_planned",
-           "iter_shard", "iter_source", "normalise_source", "plan_source"]
+__all__ = ["NESTED_SEPARATOR", "ContainerEnd", "NotOneMediaFile", "SourceEntry", "Unchanged", "iter_planned",
+           "iter_shard", "iter_source", "normalise_source", "plan_source", "read_local_file"]
 
 # The optional extra that provides each fsspec protocol we document.
 PROTOCOL_EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -86,6 +87,30 @@ def iter_source(source: str | Path, settings: Settings | None = None,
     plan = plan_source(source, settings, ledger)
     return iter_planned(plan, settings, manifest, spool_dir=spool_dir,
                         record_containers=ledger is not None)
+
+
+class NotOneMediaFile(ValueError):
+    """A file given as one media item is none: an archive, empty, of no kind we read."""
+
+
+@contextmanager
+def read_local_file(path: str | Path, settings: Settings) -> Iterator[SourceEntry]:
+    """One local media file read as ingestion reads a source of one file (``iter_source``:
+    the same safety checks, sha256 and kind detection, its probe kept for the decoder), for
+    the callers that take a single file: query inputs, binding targets. The entry lives
+    for the ``with`` block; ``NotOneMediaFile`` says why the file is not one media item (an
+    archive, an empty or unknown file: ingestion's own rejection reason)."""
+    path = Path(path)
+    if archive_reader(str(path)) is not None:
+        raise NotOneMediaFile(f"{path.name!r} is an archive; one media file is wanted here")
+    for out in iter_source(path, settings):
+        if isinstance(out, SourceEntry):
+            with out:
+                yield out
+            return
+        if isinstance(out, Rejected):
+            raise NotOneMediaFile(f"{path.name!r}: {out.reason}")
+    raise NotOneMediaFile(f"{path.name!r} holds no media item (a sidecar JSON?)")
 
 
 def iter_planned(plan: ShardPlan, settings: Settings, manifest: str | Path | None = None, *,
