@@ -129,7 +129,9 @@ def test_video_kind_without_video_stream_is_treated_as_audio(media, decode_setti
     ("truncated_mp4", Stage.PROBE, "moov atom not found"),
     ("zero_streams", Stage.DECODE, "no audio stream"),
     # ffmpeg's process fails; PyAV skips the damaged packets and finds no frame at all.
-    ("truncated_faststart_mp4", Stage.DECODE, "video decode failed|truncated or corrupt"),
+    # A video refused while its frames are decoded names the decoder that refused it.
+    ("truncated_faststart_mp4", Stage.DECODE,
+     r"(video decode failed|truncated or corrupt).*\(decoder (pyav|ffmpeg)\)$"),
 ])
 def test_broken_files_are_rejected_with_a_reason(media, decode_settings, name, stage, words):
     out = decode(media, name, decode_settings)
@@ -233,7 +235,7 @@ def test_without_nvdec_video_falls_back_to_the_cpu_decoder(caplog):
     assert frame_backend("auto", "h264") is PYAV
     video._warn_no_nvdec.cache_clear()  # warned once per process: not by an earlier test
     with caplog.at_level("WARNING"):
-        assert frame_backend("nvdec", "h264") is PYAV  # a Ray read task on a CPU-only node
+        assert frame_backend("nvdec", "h264") is PYAV  # a Ray decode actor on a CPU-only node
     assert "decodes video on the CPU" in caplog.text and reason in caplog.text
     with pytest.raises(DecodeError, match=r"MEDIABIND_VIDEO_DECODER=nvdec, but .*set it to auto"):
         check_video_decoder("nvdec")

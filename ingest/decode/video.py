@@ -117,6 +117,8 @@ def vision_segments(job: DecodeJob, video: VideoStreamInfo,
                          video.rotation, keyframes_only=job.policy.sampling == "keyframe")
     try:
         yield from _clips(job, video, spans, pairs, fps, source)
+    except DecodeError as e:  # the run report names the decoder of every video, refused or not
+        raise DecodeError(f"{e} (decoder {source.backend.name})") from None
     finally:
         source.close()
 
@@ -405,7 +407,7 @@ def frame_backend(choice: str = "auto", codec: str | None = None) -> FrameBacken
       (H.264, HEVC, AV1), else PyAV when installed (no process per batch, the faster
       CPU backend in ``benchmarks/decode.py``), else ffmpeg;
     * nvdec: the same, but a run on the local executor refuses to start where NVDEC is
-      not usable (``check_video_decoder``). A Ray read task on a node without it
+      not usable (``check_video_decoder``). A Ray decode actor on a node without it
       decodes on the CPU with a warning: refusing there would record every video as
       rejected for a fault of the node, not of the file;
     * pyav or ffmpeg: that CPU backend.
