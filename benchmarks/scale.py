@@ -19,9 +19,9 @@ run:
     python benchmarks/scale.py --nodes 2                # one configuration only
 
 A run has a fixed cost that does not shrink with nodes: Ray Data's start-up,
-and a new process per read task and per encode actor that imports torch and
-builds the model (seconds each on a small machine, paid on every node at
-once). A small archive is mostly that cost, so it understates the ratio;
+and a new process per decode actor and per encode actor that imports torch
+(and builds the model), seconds each on a small machine, paid on every node at
+once. A small archive is mostly that cost, so it understates the ratio;
 the default archive (2,000 media-s) is large enough for the per-node work to
 dominate. Only 8 of the videos are encoded; the rest are remuxed copies with
 a comment of their own (other bytes, the same decode cost).

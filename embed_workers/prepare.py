@@ -1,7 +1,7 @@
 """Packing where segments are decoded: ``Segment`` → ``Prepared`` (metadata + packed tensor).
 
 The executors run a ``Preparer`` in their decode workers (local: the decode
-threads; Ray: the decode tasks). It checks each input and packs it
+threads; Ray: the decode actors). It checks each input and packs it
 (``preprocess.pack``): uint8 frames for vision, the waveform for audio, raw
 planes and series for the sensors, token ids for text. The rest of the recipe
 (``preprocess.finish``: crops, normalisation, the fbank, resampling) runs on

@@ -104,7 +104,7 @@ def check_run(source: str, settings: Settings, *, run_id: str | None = None,
 
 def check_local_decoders(settings: Settings, executor: str) -> None:
     """A decoder asked for by name must run here when decoding runs here (the local
-    executor); a Ray run's read tasks judge it on their own nodes."""
+    executor); a Ray run's decode actors judge it on their own nodes."""
     from ingest.decode.base import DecodeError
     from ingest.decode.video import check_video_decoder
 

@@ -7,7 +7,7 @@ anything ffprobe cannot read; decoders turn that into a ``Rejected``.
 One ffprobe per file: the classifier (``ingest.kinds``, for ambiguous
 containers), the duration of the item (``pipeline.probe_duration``) and the
 decoders all ask about the same spooled file in the same process (a decode
-thread, a Ray read task), so the answer is kept, keyed by the file as it is
+thread, a Ray decode actor), so the answer is kept, keyed by the file as it is
 on disk (path, inode, size, mtime), and the later askers get it without a
 launch (about 70 ms each). The keyframe index of a video is a different
 question (a demux pass over its packets) and has its own ffprobe.

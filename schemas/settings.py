@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     executor: Literal["local", "ray"] = Field("local", description="local (one process) or ray.")
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS",
                                     description="Join this Ray cluster (env RAY_ADDRESS); else start a local one.")
-    decode_workers: int = Field(2, ge=1, description="Decode threads (local) or CPU tasks in flight (ray).")
+    decode_workers: int = Field(2, ge=1, description="Decode threads (local) or decode actors in the Ray pool (ray).")
     encode_actors: int = Field(1, ge=1, description="Encoder actors in the Ray pool (one per GPU).")
     staging_url: str | None = Field(
         None, description="Where Ray encode actors stage their output (Parquet) before the "

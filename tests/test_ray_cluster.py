@@ -189,7 +189,8 @@ def big_folder(root: Path, notes: int, photos: int) -> Path:
 
 
 def reading_on(node, within_s: float) -> bool:
-    """Wait until a read task runs among the node's worker processes."""
+    """Wait until a decode actor reads among the node's worker processes (Ray names a
+    worker's process after the call it runs)."""
     import time
 
     import psutil
@@ -199,7 +200,7 @@ def reading_on(node, within_s: float) -> bool:
     while time.monotonic() < deadline:
         for proc in raylet.children(recursive=True):
             try:
-                if "ReadShard" in " ".join(proc.cmdline()):
+                if "DecodeActor)).submit" in " ".join(proc.cmdline()):
                     return True
             except psutil.Error:
                 continue

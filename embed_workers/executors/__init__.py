@@ -2,7 +2,7 @@
 
 Both take a ``RunContext`` and drive the same functions of
 ``embed_workers.pipeline``. The decode workers (local: the decode threads;
-Ray: the decode tasks) check and pack each segment (``prepare_events``: uint8
+Ray: the decode actors) check and pack each segment (``prepare_events``: uint8
 frames, waveforms, tokens), and the encoder finishes a batch of packs on its
 device (crops, normalisation, fbank) and runs the model (``encode_prepared``). The ``Collector`` (driver
 side) turns their events into stored points and the run report. ``ray`` is

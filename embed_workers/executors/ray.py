@@ -2,8 +2,9 @@
 pool, committed by one actor.
 
     driver: plan (list the source, anti-join the ledger, cut shards: no content read)
-        ─► read tasks of a few shards each, on any node (CPU; Ray Data retries one whose
-           worker died, and it reads its shards anew): read each shard's members
+        ─► a pool of decode actors, spread over the nodes, each shard to whichever is
+           free (CPU; Ray Data retries a call whose actor died on another, which reads
+           its shards anew; ``ray_tasks.DecodeActor``): read each shard's members
            straight from the source, hash, probe, decode, pack (``ray_tasks``);
            blocks of packed inputs per modality, every row keyed by its entry and its
            reading
@@ -22,7 +23,7 @@ then plans; it removes its source's staged parts once everything is committed.
 A rerun whose plan leaves nothing to read and nothing staged settles on the
 driver (counts and ledger entries, no points) without starting Ray.
 
-Decode tasks hand packed inputs (``prepare``: uint8 frames, waveforms); the
+Decode actors hand packed inputs (``prepare``: uint8 frames, waveforms); the
 actors finish them on their own device. Ray Data's streaming backpressure and the
 committer's few blocks in flight keep memory and spooled disk flat.
 """
@@ -54,9 +55,10 @@ from embed_workers.executors.ray_commit import (
 from embed_workers.executors.ray_connect import connect
 from embed_workers.executors.ray_tasks import (
     ROW_SCHEMA,
+    DecodeActor,
     DecodeJob,
-    ShardDatasource,
     row_for,
+    shard_rows,
 )
 from embed_workers.pipeline import EncoderFault, encode_prepared
 from embed_workers.prepare import Preparer
@@ -84,14 +86,14 @@ CLUSTER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError
                     ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                     ray.exceptions.LocalRayletDiedError, ray.exceptions.RaySystemError)
 LOST_ITEM_PASSES = 2  # extra passes over items a dead Ray worker took with it
-READ_TASKS_PER_WORKER = 1  # groups of shards per decode worker (ray_tasks.ShardDatasource)
+DECODE_IN_FLIGHT = 2  # shards queued per decode actor: one being read, one waiting
 
 
 # --- Ray lifecycle ------------------------------------------------------------------------
 
 
 def cpu_shares(total_cpus: float, decode_tasks: int, actors: int) -> tuple[float, float]:
-    """CPUs per decode task and per CPU actor, fractional when the cluster is small."""
+    """CPUs per decode actor and per CPU encode actor, fractional when the cluster is small."""
     if decode_tasks + actors + 1 <= total_cpus:
         return 1.0, 1.0
     share = max(total_cpus / (decode_tasks + actors + 1), 0.05)
@@ -313,8 +315,8 @@ def _run(ctx: RunContext, plan: ShardPlan, committer: CommitterHandle,
     context.print_on_execution_start = False
     # An encode call fails when its actor or node does (bad inputs are rejected inside
     # it): retried on an actor that is still there. An EncoderFault (the actor's device
-    # keeps failing) is not retried: it stops the run with its own message. A read task
-    # whose worker or node died is retried by Ray Data itself: it reads its shard anew.
+    # keeps failing) is not retried: it stops the run with its own message. A decode call
+    # whose actor or node died is retried the same way: it reads its shards anew.
     context.actor_task_retry_on_errors = list(CLUSTER_FAILURES)
     context.raise_original_map_exception = True  # an EncoderFault reaches the run as itself
     job = ray.put(decode_job(ctx, _use_gpus(ctx.settings)))
@@ -341,7 +343,7 @@ def _retry_lost(ctx: RunContext, plan: ShardPlan, job: ray.ObjectRef,
                 staging: Staging | None, committer: CommitterHandle) -> None:
     """Read again the shards a failure left unfinished, then give up on their items.
 
-    Ray retries a read task whose worker died, and the committer takes the new
+    Ray retries a decode call whose actor died, and the committer takes the new
     reading in place of the old one; an encoded block lost with a node, or a
     reading replaced after some of its entries were dropped, still leaves a
     shard unfinished. Once the stream has ended, every shard not read to its end,
@@ -370,32 +372,23 @@ def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
     gpus = _use_gpus(settings)
     decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1),
                                        settings.decode_workers, settings.encode_actors)
-    # SPREAD: read tasks go to different nodes where they can, so decode and the
-    # source's bandwidth grow with the cluster instead of filling one node first. (Ray
-    # 2.60 warns that such free remote args go in 2.64; it names no replacement for the
-    # strategy yet.)
-    # decode_workers × READ_TASKS_PER_WORKER read tasks of a few shards each, at most
-    # decode_workers at once.
-    source = ShardDatasource(shards, job, settings.decode_workers * READ_TASKS_PER_WORKER)
-    ds = ray.data.read_datasource(
-        source, override_num_blocks=len(source.groups),
-        concurrency=min(settings.decode_workers, len(source.groups)), num_cpus=decode_cpu,
-        scheduling_strategy="SPREAD")
-    # The pool starts with the actors that fit the cluster as it is (a run on a cluster
-    # smaller than encode_actors, say after a node was lost, starts instead of waiting
-    # for actors that cannot be placed) and grows to encode_actors as resources appear.
-    # It is also its minimum: from a minimum of one, Ray Data's autoscaler keeps a single
-    # actor whenever encoding is quicker than decoding (a small model on CPUs), and the
-    # other nodes' encoders sit idle (benchmarks/scale.py). Actors are spread over the nodes by a
-    # remote-args function: it keeps Ray Data from fusing the reads into the actors
-    # (decode must run on every node, not only where an actor does).
+    # The shards go to a pool of decode actors (``ray_tasks.DecodeActor``), each shard to
+    # whichever actor is free, spread over the nodes so that decode and the source's
+    # bandwidth grow with the cluster; then to the encode actors.
+    rows = shard_rows(shards)
+    decoders = min(settings.decode_workers, len(rows))
     start = pool_start(settings.encode_actors, gpus)
+    decode_cpu, actor_cpu = fit_one_node(decode_cpu, decoders, actor_cpu, start, gpus,
+                                         min(_cpu_nodes() or [1.0]))
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        DecodeActor, fn_constructor_args=(job,), batch_size=None, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=decoders, max_tasks_in_flight_per_actor=DECODE_IN_FLIGHT),
+        num_cpus=decode_cpu, ray_remote_args_fn=_spread)
     return ds.map_batches(
         EncodeActor, fn_constructor_args=(ctx.encoder_args, settings, ctx.model_id, ctx.encoder, staging),
         batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=start, max_size=settings.encode_actors),
-        num_gpus=1 if gpus else 0,
-        num_cpus=1 if gpus else min(actor_cpu, actor_cpu_cap(decode_cpu, start)),
+        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else actor_cpu,
         ray_remote_args_fn=_spread)
 
 
@@ -409,19 +402,27 @@ def pool_start(actors: int, gpus: bool) -> int:
 
     Ray notices a dead node some seconds after it died, so this may count one that is
     gone: CPU actors ask for little enough that a read still fits beside all of them on
-    one node (``actor_cpu_cap``), and Ray places an actor meant for the dead node on a
+    one node (``fit_one_node``), and Ray places an actor meant for the dead node on a
     live one once it notices."""
     fit = int(ray.cluster_resources().get("GPU", 0)) if gpus else len(_cpu_nodes())
     return max(1, min(actors, fit))
 
 
-def actor_cpu_cap(decode_cpu: float, start: int) -> float:
-    """The most CPU an encode actor may ask for so that ``start`` of them and a read task
-    fit on the smallest node: otherwise, with a node Ray still counts but which is gone,
-    every actor could land on one node and leave no room for a read, and the run would
-    wait forever."""
-    smallest = min(_cpu_nodes() or [1.0])
-    return max((smallest - decode_cpu) / start, 0.05)
+def fit_one_node(decode_cpu: float, decoders: int, actor_cpu: float, actors: int,
+                 gpus: bool, smallest: float) -> tuple[float, float]:
+    """The CPUs each decode actor and each CPU encode actor ask for, scaled down (never up)
+    until all of both pools fit on the smallest node, of ``smallest`` CPUs (a GPU encode
+    actor keeps its one CPU, and the decode actors fit beside one).
+
+    Ray notices a dead node some seconds after it died, so a run may start with pools
+    sized for a node that is gone, and Ray places their actors as they fit. Were the
+    decode actors to fill the one node left, no encode actor could start beside them (or
+    the other way round), and the run would wait forever; the asks only place actors, they
+    do not limit how much CPU each uses."""
+    room = max(smallest - (1.0 if gpus else 0.0), 0.05)
+    asked = decoders * decode_cpu + (0.0 if gpus else actors * actor_cpu)
+    scale = min(1.0, room / asked)
+    return max(decode_cpu * scale, 0.01), actor_cpu if gpus else max(actor_cpu * scale, 0.01)
 
 
 def _cpu_nodes() -> list[float]:
@@ -430,7 +431,7 @@ def _cpu_nodes() -> list[float]:
 
 
 def decode_job(ctx: RunContext, gpus: bool) -> DecodeJob:
-    """What every read task gets: settings, the preparer, the sidecar manifest's rows."""
+    """What every decode actor gets: settings, the preparer, the sidecar manifest's rows."""
     rows = load_manifest(ctx.manifest) if ctx.manifest is not None else {}
     budgets = (ctx.encoder.batch_sizes if ctx.encoder is not None
                else view_budgets("cuda" if gpus else "cpu"))

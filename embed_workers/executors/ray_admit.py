@@ -1,6 +1,6 @@
-"""The committer's admission of what the read tasks found, before the collector sees it.
+"""The committer's admission of what the decode actors found, before the collector sees it.
 
-Read tasks read and hash their shards' members on whatever node they run, so
+Decode actors read and hash their shards' members on whatever node they run, so
 the committer (``ray_commit``) learns what an entry is only from its ``found``
 row, and the same bytes may be found twice at once (a copy in another shard).
 Each entry's rows carry its key; per key the committer decides once:
@@ -64,7 +64,7 @@ class Admission:
 
     # --- readings ------------------------------------------------------------------------
     def _of_current_reading(self, row: dict[str, Any]) -> bool:
-        """One reading per shard counts. Ray retries a read task whose worker died: the
+        """One reading per shard counts. Ray retries a decode call whose actor died: the
         new reading of a shard not read to its end replaces the old one, whose items in
         flight start over; rows of a replaced reading, late or not, are dropped."""
         shard, attempt = shard_of(row["key"]), row["attempt"]

@@ -1,12 +1,13 @@
-"""Ray decode tasks: a few shards of the plan each → blocks of packed model inputs.
+"""Ray decode actors: shards of the plan → blocks of packed model inputs.
 
-Each read task gets a fixed group of shards (``ingest.shards.Shard``: plain
-data, no bytes) and reads them one after another where it runs (``ingest.sources.iter_shard``:
+A pool of decode actors takes the plan's shards (``ingest.shards.Shard``: plain
+data, no bytes), each shard to whichever actor is free, and reads each where the
+actor runs (``ingest.sources.iter_shard``:
 the members straight from the source, safety checks, spool + sha256, kind),
 decodes and packs each entry (``decode_events`` then
 ``prepare_events``), and yields pyarrow blocks of rows per modality; markers
 ride along. Every row of an entry carries the entry's ``key`` (shard id and
-position), because the same bytes may be found by two tasks at once and the
+position), because the same bytes may be found by two actors at once and the
 committer admits only one copy of an item (``ray_admit``).
 """
 
@@ -21,8 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 import ray
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
 from embed_workers.pipeline import (
     ItemDecoded,
@@ -86,7 +85,7 @@ class ShardRead:
 
 @dataclass(frozen=True, slots=True)
 class DecodeJob:
-    """What a read task needs besides the shards: how to read, and what to record."""
+    """What a decode actor needs besides the shards: how to read, and what to record."""
 
     settings: Settings
     preparer: Preparer
@@ -96,41 +95,53 @@ class DecodeJob:
     extensions: Shipment = Shipment()  # the driver's modality extensions, for this node's HOME
 
 
-class ShardDatasource(Datasource):
-    """Read tasks that each read a fixed group of the plan's shards, one after another.
+GROUPS_MAX = 4096  # inputs of the decode pool: one per shard up to this, then groups
 
-    ``tasks`` groups, shards dealt round-robin. Ray retries a task whose worker or
-    node died, and the retry reads its shards again, each anew. Not one task per
-    shard: a Ray worker left idle between short tasks is ended after a second, and
-    the next task pays a new process with its imports (measured with
-    benchmarks/scale.py: two nodes ran at 0.41x one node with a task per shard).
+
+def shard_groups(shards: Sequence[Shard], most: int = GROUPS_MAX) -> list[list[Shard]]:
+    """The decode pool's inputs: one shard each, or, past ``most`` shards, groups of them
+    dealt round-robin (a Ray Data block per input costs the driver a little each)."""
+    count = max(1, min(most, len(shards)))
+    return [list(shards[i::count]) for i in range(count)]
+
+
+def shard_rows(shards: Sequence[Shard]) -> list[dict[str, bytes]]:
+    """``shard_groups`` as the rows of the decode pool's input dataset (plain data, no bytes
+    of the source)."""
+    return [{"shards": pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)}
+            for group in shard_groups(shards)]
+
+
+class DecodeActor:
+    """A decode worker that lives for the whole run: each call reads its input's shards one
+    after another and yields their blocks.
+
+    An actor pool and not a task per shard: Ray hands each shard to whichever worker is
+    free, so a slow node takes fewer and none waits at the end, and a worker keeps its
+    imports from one shard to the next. (A task per shard paid a new process with its
+    imports whenever backpressure left its worker idle for a second, and a fixed group of
+    shards per task left the quicker node idle at the end: both measured with
+    benchmarks/scale.py.) Ray Data retries a call whose actor died on another actor, which
+    reads its shards anew.
     """
 
-    def __init__(self, shards: Sequence[Shard], job: ray.ObjectRef, tasks: int) -> None:
-        super().__init__()
-        self.job = job  # the job once in the object store
-        count = max(1, min(tasks, len(shards)))
-        self.groups = [list(shards[i::count]) for i in range(count)]
+    def __init__(self, job: Any) -> None:
+        self.job: DecodeJob = ray.get(job) if isinstance(job, ray.ObjectRef) else job
+        self.job.extensions.unpack(self.job.settings.home)
+        self.node = ray.get_runtime_context().get_node_id()
+        self.count_tokens = count_tokens_fn()
 
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
-        meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        job = self.job
-        return [ReadTask(lambda g=group: decode_shards(g, job), meta, schema=ROW_SCHEMA)
-                for group in self.groups]
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        for blob in table.column("shards").to_pylist():
+            yield from decode_shards(pickle.loads(blob), self.job, self.node, self.count_tokens)
 
 
-def decode_shards(shards: list[Shard], job_ref: ray.ObjectRef) -> Iterator[pa.Table]:
-    """One read task: its shards → blocks of prepared inputs of one modality (plus markers);
-    reading, decoding and preprocessing all run here. Each reading of a shard has its
-    own ``attempt``, so rows of a reading cut short never mix with a later one's."""
-    job: DecodeJob = ray.get(job_ref)
-    job.extensions.unpack(job.settings.home)
-    blocks = _BlockBuilder(ray.get_runtime_context().get_node_id(), job.batch_views)
-    count_tokens = count_tokens_fn()
+def decode_shards(shards: list[Shard], job: DecodeJob, node: str,
+                  count_tokens: Any) -> Iterator[pa.Table]:
+    """Shards → blocks of prepared inputs of one modality (plus markers); reading,
+    decoding and packing all run here. Each reading of a shard has its own ``attempt``,
+    so rows of a reading cut short never mix with a later one's."""
+    blocks = _BlockBuilder(node, job.batch_views)
     for shard in shards:
         blocks.attempt = uuid.uuid4().hex
         for key, event in shard_events(shard, job, count_tokens):
