@@ -9,7 +9,8 @@ the smallest and the largest N is printed with and without the engine's share,
 so what the pipeline keeps per member shows apart from what the store keeps per
 point.
 
-    python benchmarks/members.py --members 5000 20000
+    python benchmarks/members.py                       # 20,000 and 200,000: ~11 min
+    python benchmarks/members.py --members 2000 5000   # a quick look
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+import bench_record as record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,8 +85,10 @@ def measure(members: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--members", type=int, nargs="+", default=[5000, 20000])
-    parser.add_argument("--dir", default=None)
+    parser.add_argument("--members", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--dir", default=None,
+                        help="where the tars and stores go (/dev/shm keeps disk out of it)")
+    record.add_flag(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rows = [measure(n, Path(tmp)) for n in sorted(args.members)]
@@ -98,6 +103,15 @@ def main() -> None:
         engine = (high["engine"] - low["engine"]) / extra
         print(f"growth per member: {total / 1024:.1f} KiB in all, {engine / 1024:.1f} KiB of it "
               f"the engine's, {(total - engine) / 1024:.1f} KiB the pipeline's")
+        if args.record:
+            record.save("members", "peak RSS of a run against the members of a tar of small "
+                        "texts, local executor, embedded store",
+                        f"{low['members']:,} and {high['members']:,} members peaked at "
+                        f"{low['peak'] / 2**20:,.0f} and {high['peak'] / 2**20:,.0f} MiB: "
+                        f"{total / 1024:.1f} KiB more per member, of which "
+                        f"{engine / 1024:.1f} KiB is the embedded engine's memory for its "
+                        f"points and {(total - engine) / 1024:.1f} KiB the pipeline's",
+                        {"runs": rows, "per_member": total, "engine_per_member": engine})
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ ORDER: dict[str, str] = {
     "scale": "python benchmarks/scale.py --record",
     "store": "python benchmarks/store.py --record",
     "memory": "python benchmarks/memory.py --record",
+    "members": "python benchmarks/members.py --dir /dev/shm --record",
     "load": "python benchmarks/load.py --record",
 }
 

@@ -75,7 +75,7 @@ def test_the_records_keep_what_the_table_shows(report: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("name", ["encode", "pipeline", "decode", "scale", "store", "memory",
-                                  "load"])
+                                  "members", "load"])
 def test_every_listed_benchmark_can_record_itself(report: ModuleType, name: str) -> None:
     source = (REPO / "benchmarks" / f"{name}.py").read_text()
     assert "record.add_flag(" in source and "record.save(" in source
