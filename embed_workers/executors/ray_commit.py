@@ -149,14 +149,9 @@ class CommitterHandle:
         self.wait()
         return result(getattr(self.actor, method).remote(*args))
 
-    def send(self, method: str, *args: Any) -> None:
-        """A call whose answer nobody waits for now: the actor runs its calls in order, and
-        an error it raises comes out of the next wait (as itself)."""
-        self.pending.append(getattr(self.actor, method).remote(*args))
-
     def planned(self, entries: Sequence[PlannedEntry]) -> None:
         for i in range(0, len(entries), PLANNED_CHUNK):
-            self.send("planned", list(entries[i:i + PLANNED_CHUNK]))
+            self.call("planned", list(entries[i:i + PLANNED_CHUNK]))
 
     def hand_on(self, bundle: Any) -> None:
         """One bundle of Ray Data's output: its blocks go to the committer by reference."""
@@ -170,9 +165,8 @@ class CommitterHandle:
         while self.pending:
             self._tick(result(self.pending.popleft()))
 
-    def _tick(self, counts: tuple[int, int] | None) -> None:
-        if counts is not None:  # None: a call sent without waiting (``send``)
-            self.ctx.meter.tick_counts(*counts)
+    def _tick(self, counts: tuple[int, int]) -> None:
+        self.ctx.meter.tick_counts(*counts)
 
     def close(self) -> None:
         """Settle and commit the rest; the run's report gets what the committer recorded."""
@@ -210,10 +204,8 @@ def committing(ctx: RunContext) -> Iterator[CommitterHandle]:
             num_cpus=0, scheduling_strategy=here, max_restarts=0).remote(portable(ctx))
         handle = CommitterHandle(actor, ctx)
         try:
-            # Not waited for: the committer's process starts and opens the store while the
-            # run's pools start on the nodes (an error opening it, such as a locked store,
-            # comes out of the first wait).
-            handle.send("open", opener, ctx.ledger is not None, (os.getpid(), pid_space()))
+            handle.call("open", opener, ctx.ledger is not None,
+                        (os.getpid(), pid_space()))
             yield handle
         finally:
             handle.release()
