@@ -208,6 +208,11 @@ def test_a_query_file_takes_ingestions_route_from_bytes_to_segments(media, tmp_p
         input_segments(QueryPart("video", archive), settings)
     with pytest.raises(ValueError, match="must be image; it is video"):
         input_segments(QueryPart("image", copy), settings)
+    from ingest.sources import NotOneMediaFile, read_local_file
+
+    with pytest.raises(NotOneMediaFile, match="is not a file"), \
+            read_local_file(tmp_path, settings):  # a folder is no query file or target
+        pass
 
 
 def test_a_short_audio_array_is_padded_like_an_ingested_clip(settings):

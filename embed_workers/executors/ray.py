@@ -2,9 +2,10 @@
 pool, committed by one actor.
 
     driver: plan (list the source, anti-join the ledger, cut shards: no content read)
-        ─► a pool of decode actors, spread over the nodes, each shard to whichever is
-           free (CPU; Ray Data retries a call whose actor died on another, which reads
-           its shards anew; ``ray_tasks.DecodeActor``): read each shard's members
+        ─► a pool of decode actors, spread over the nodes, each shard to one with room
+           (CPU; an actor that died is restarted, on a live node if its own is gone,
+           and its calls are retried, each reading its shards anew;
+           ``ray_tasks.DecodeActor``): read each shard's members
            straight from the source, hash, probe, decode, pack (``ray_tasks``);
            blocks of packed inputs per modality, every row keyed by its entry and its
            reading
@@ -92,11 +93,15 @@ DECODE_IN_FLIGHT = 2  # shards queued per decode actor: one being read, one wait
 # --- Ray lifecycle ------------------------------------------------------------------------
 
 
-def cpu_shares(total_cpus: float, decode_tasks: int, actors: int) -> tuple[float, float]:
-    """CPUs per decode actor and per CPU encode actor, fractional when the cluster is small."""
-    if decode_tasks + actors + 1 <= total_cpus:
+def cpu_shares(total_cpus: float, decoders: int, actors: int,
+               gpus: bool = False) -> tuple[float, float]:
+    """CPUs per decode actor and per encode actor, fractional when the cluster is small; a
+    GPU encode actor always asks for one CPU, and the decoders share what is left."""
+    if decoders + actors + 1 <= total_cpus:
         return 1.0, 1.0
-    share = max(total_cpus / (decode_tasks + actors + 1), 0.05)
+    if gpus:
+        return max((total_cpus - actors - 1) / decoders, 0.05), 1.0
+    share = max(total_cpus / (decoders + actors + 1), 0.05)
     return share, share
 
 
@@ -370,16 +375,24 @@ def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
              staging: Staging | None) -> ray.data.Dataset:
     settings = ctx.settings
     gpus = _use_gpus(settings)
-    decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1),
-                                       settings.decode_workers, settings.encode_actors)
-    # The shards go to a pool of decode actors (``ray_tasks.DecodeActor``), each shard to
-    # whichever actor is free, spread over the nodes so that decode and the source's
-    # bandwidth grow with the cluster; then to the encode actors.
+    # The shards go to a pool of decode actors (``ray_tasks.DecodeActor``), spread over the
+    # nodes so that decode and the source's bandwidth grow with the cluster, each shard to
+    # an actor with room for it; then to the encode actors.
     rows = shard_rows(shards)
     decoders = min(settings.decode_workers, len(rows))
+    decode_cpu, actor_cpu = cpu_shares(ray.cluster_resources().get("CPU", 1), decoders,
+                                       settings.encode_actors, gpus)
+    # The encode pool starts with the actors that fit the cluster as it is (a run on a
+    # cluster smaller than encode_actors, say after a node was lost, starts instead of
+    # waiting for actors that cannot be placed) and grows to encode_actors as resources
+    # appear. It is also its minimum: from a minimum of one, Ray Data's autoscaler keeps a
+    # single actor whenever encoding is quicker than decoding (a small model on CPUs), and
+    # the other nodes' encoders sit idle (benchmarks/scale.py).
     start = pool_start(settings.encode_actors, gpus)
-    decode_cpu, actor_cpu = fit_one_node(decode_cpu, decoders, actor_cpu, start, gpus,
-                                         min(_cpu_nodes() or [1.0]))
+    nodes = _cpu_nodes()
+    on_one_node = min(start, max((n.get("GPU", 0) for n in nodes), default=0)) if gpus else start
+    decode_cpu, actor_cpu = fit_one_node(decode_cpu, decoders, actor_cpu, on_one_node, gpus,
+                                         min((n["CPU"] for n in nodes), default=1.0))
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         DecodeActor, fn_constructor_args=(job,), batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=decoders, max_tasks_in_flight_per_actor=DECODE_IN_FLIGHT),
@@ -401,8 +414,8 @@ def pool_start(actors: int, gpus: bool) -> int:
     cluster holds (one per GPU; on CPUs one per node with a CPU), at least one.
 
     Ray notices a dead node some seconds after it died, so this may count one that is
-    gone: CPU actors ask for little enough that a read still fits beside all of them on
-    one node (``fit_one_node``), and Ray places an actor meant for the dead node on a
+    gone: both pools ask for little enough CPU that all of them fit on one node
+    (``fit_one_node``), and Ray places an actor meant for the dead node on a
     live one once it notices."""
     fit = int(ray.cluster_resources().get("GPU", 0)) if gpus else len(_cpu_nodes())
     return max(1, min(actors, fit))
@@ -411,22 +424,24 @@ def pool_start(actors: int, gpus: bool) -> int:
 def fit_one_node(decode_cpu: float, decoders: int, actor_cpu: float, actors: int,
                  gpus: bool, smallest: float) -> tuple[float, float]:
     """The CPUs each decode actor and each CPU encode actor ask for, scaled down (never up)
-    until all of both pools fit on the smallest node, of ``smallest`` CPUs (a GPU encode
-    actor keeps its one CPU, and the decode actors fit beside one).
+    until all the decoders and ``actors`` encode actors fit on the smallest node, of
+    ``smallest`` CPUs. A GPU encode actor keeps its one CPU (``actors`` is then the most
+    that one node's GPUs hold), and the decoders fit beside them.
 
     Ray notices a dead node some seconds after it died, so a run may start with pools
     sized for a node that is gone, and Ray places their actors as they fit. Were the
     decode actors to fill the one node left, no encode actor could start beside them (or
     the other way round), and the run would wait forever; the asks only place actors, they
     do not limit how much CPU each uses."""
-    room = max(smallest - (1.0 if gpus else 0.0), 0.05)
+    room = max(smallest - (actors * 1.0 if gpus else 0.0), 0.05)
     asked = decoders * decode_cpu + (0.0 if gpus else actors * actor_cpu)
     scale = min(1.0, room / asked)
-    return max(decode_cpu * scale, 0.01), actor_cpu if gpus else max(actor_cpu * scale, 0.01)
+    return max(decode_cpu * scale, 0.001), actor_cpu if gpus else max(actor_cpu * scale, 0.001)
 
 
-def _cpu_nodes() -> list[float]:
-    return [n["Resources"]["CPU"] for n in ray.nodes()
+def _cpu_nodes() -> list[dict[str, float]]:
+    """The resources of each live node that has a CPU."""
+    return [n["Resources"] for n in ray.nodes()
             if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
 
 

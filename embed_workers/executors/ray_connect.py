@@ -67,8 +67,8 @@ def connect(settings: Settings) -> bool:
 def start_local(settings: Settings) -> None:
     """Start a local Ray with at least one CPU more than the decode and encode actors ask for.
 
-    Pools whose CPUs add up to all of the machine's leave the committer and Ray Data's
-    own tasks none, and the run then waits forever.
+    Pools whose CPUs add up to all of the machine's leave Ray Data's own tasks (the input
+    blocks, the listing) none, and the run then waits forever.
     """
     cpus = max(os.cpu_count() or 1, settings.decode_workers + settings.encode_actors + 1)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)

@@ -116,12 +116,14 @@ class DecodeActor:
     """A decode worker that lives for the whole run: each call reads its input's shards one
     after another and yields their blocks.
 
-    An actor pool and not a task per shard: Ray hands each shard to whichever worker is
-    free, so a slow node takes fewer and none waits at the end, and a worker keeps its
-    imports from one shard to the next. (A task per shard paid a new process with its
-    imports whenever backpressure left its worker idle for a second, and a fixed group of
-    shards per task left the quicker node idle at the end: both measured with
-    benchmarks/scale.py.) Ray Data retries a call whose actor died on another actor, which
+    An actor pool and not a task per shard: Ray Data hands each shard to an actor with
+    room for it (fewer than ``DECODE_IN_FLIGHT`` calls; among those it prefers one on the
+    node that holds the input block, the driver's), so a slow node takes fewer and none
+    waits long at the end, and an actor keeps its imports from one shard to the next. (A
+    task per shard paid a new process with its imports whenever backpressure left its
+    worker idle for a second, and a fixed group of shards per task left the quicker node
+    idle at the end: both measured with benchmarks/scale.py.) Ray Data restarts an actor
+    that died (on a live node if its own is gone) and retries its calls; a retried call
     reads its shards anew.
     """
 

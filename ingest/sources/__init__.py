@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,9 +101,16 @@ def read_local_file(path: str | Path, settings: Settings) -> Iterator[SourceEntr
     for the ``with`` block; ``NotOneMediaFile`` says why the file is not one media item (an
     archive, an empty or unknown file: ingestion's own rejection reason)."""
     path = Path(path)
+    if not path.is_file():  # a folder would be read as a source of many
+        raise NotOneMediaFile(f"{path.name!r} is not a file")
     if archive_reader(str(path)) is not None:
         raise NotOneMediaFile(f"{path.name!r} is an archive; one media file is wanted here")
-    for out in iter_source(path, settings):
+    with closing(iter_source(path, settings)) as outputs:
+        yield from _one_entry(path, outputs)
+
+
+def _one_entry(path: Path, outputs: Iterator[Any]) -> Iterator[SourceEntry]:
+    for out in outputs:
         if isinstance(out, SourceEntry):
             with out:
                 yield out
