@@ -1,7 +1,7 @@
 """Ray decode actors: shards of the plan → blocks of packed model inputs.
 
 A pool of decode actors takes the plan's shards (``ingest.shards.Shard``: plain
-data, no bytes), each shard to whichever actor is free, and reads each where the
+data, no bytes), each shard to an actor with room for it, and reads each where the
 actor runs (``ingest.sources.iter_shard``:
 the members straight from the source, safety checks, spool + sha256, kind),
 decodes and packs each entry (``decode_events`` then
