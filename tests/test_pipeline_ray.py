@@ -120,3 +120,22 @@ def test_a_device_that_keeps_failing_stops_a_ray_run_instead_of_being_retried(
     with open_ready_store(settings) as store, pytest.raises(EncoderFault, match="device failed"):
         run_ingest(str(path), store, settings=settings, executor="ray", encoder=encoder)
     assert ray.is_initialized()  # the caller's Ray is left running
+
+
+def test_the_start_gate_holds_decode_actors_until_the_pool_is_up(ray_session) -> None:
+    """Each decode actor waits at the gate until the whole pool has arrived; one that
+    cannot start holds the others only for the bound, and a late (restarted) actor
+    passes at once."""
+    from embed_workers.executors.ray_tasks import start_gate
+
+    gate = start_gate(3)
+    first = [gate.arrive.remote(120.0) for _ in range(2)]
+    waiting, held = ray.wait(first, num_returns=2, timeout=1.0)
+    assert not waiting and len(held) == 2  # two of three: both held
+    third = gate.arrive.remote(120.0)
+    assert sorted(ray.get([*first, third], timeout=60)) == [3, 3, 3]
+    assert ray.get(gate.arrive.remote(120.0), timeout=60) == 4  # restarted: at once
+
+    lonely = start_gate(2)  # the second actor never starts
+    assert ray.get(lonely.arrive.remote(0.5), timeout=60) == 1
+    assert ray.get(lonely.arrive.remote(120.0), timeout=60) == 2  # the gate stayed open

@@ -91,9 +91,9 @@ def test_shards_are_read_decoded_and_encoded_on_worker_nodes_only(cluster, tmp_p
           f"the driver read {driver_read} bytes through read() of a {total}-byte source")
     assert report.shards == 8 and report.items_completed == 16
     assert len(report.rejected_items()) == 16  # the blobs
-    # Workers only, the head none. Which workers: each shard goes to a decode actor with
-    # room for it, so an actor that starts first may read all eight small shards.
-    assert report.decode_nodes and set(report.decode_nodes) <= worker_ids
+    # Both workers and the head none: the decode actors (spread, one per worker) start
+    # reading together (``StartGate``), so neither takes all eight small shards alone.
+    assert set(report.decode_nodes) == worker_ids
     assert sum(report.decode_nodes.values()) == 32
     assert set(report.encode_nodes) <= worker_ids and report.encode_nodes
     assert report.source_bytes_read >= 16 * BLOB_BYTES  # the workers read them
@@ -155,9 +155,9 @@ def test_one_large_tar_is_split_by_its_member_index_across_the_workers(cluster, 
     print(f"\n1,000-member tar in {report.shards} parts; entries read per node "
           f"{report.decode_nodes}; the driver read {driver_read} bytes of a {size}-byte tar")
     assert report.shards == 8 and report.items_completed == 1000 and not report.rejected
-    # Parts read on workers only; both take parts when both decode actors are up in time
-    # (the eight parts go to whichever actor has room), which this test cannot force.
-    assert report.decode_nodes and set(report.decode_nodes) <= worker_ids
+    # The parts are read on both workers (the decode actors start reading together,
+    # ``StartGate``), and none on the head.
+    assert set(report.decode_nodes) == worker_ids
     assert report.source_bytes_read == payload  # members by range: headers not counted
     assert driver_read < size // 20
     assert audit.agrees and audit.items == 1000, audit.describe()

@@ -60,6 +60,7 @@ from embed_workers.executors.ray_tasks import (
     DecodeJob,
     row_for,
     shard_rows,
+    start_gate,
 )
 from embed_workers.pipeline import EncoderFault, encode_prepared
 from embed_workers.prepare import Preparer
@@ -393,8 +394,10 @@ def _dataset(ctx: RunContext, shards: list[Shard], job: ray.ObjectRef,
     on_one_node = min(start, max((n.get("GPU", 0) for n in nodes), default=0)) if gpus else start
     decode_cpu, actor_cpu = fit_one_node(decode_cpu, decoders, actor_cpu, on_one_node, gpus,
                                          min((n["CPU"] for n in nodes), default=1.0))
+    # Every decode actor waits at the gate until the whole pool is up (bounded), so the
+    # first shards are shared among the nodes (``ray_tasks.StartGate``).
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        DecodeActor, fn_constructor_args=(job,), batch_size=None, batch_format="pyarrow",
+        DecodeActor, fn_constructor_args=(job, start_gate(decoders)), batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=decoders, max_tasks_in_flight_per_actor=DECODE_IN_FLIGHT),
         num_cpus=decode_cpu, ray_remote_args_fn=_spread)
     return ds.map_batches(

@@ -13,6 +13,8 @@ committer admits only one copy of an item (``ray_admit``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pickle
 import time
 import uuid
@@ -22,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from embed_workers.pipeline import (
     ItemDecoded,
@@ -39,6 +42,13 @@ from schemas import MediaItem, Settings
 from schemas.extension import EXTENSION_BATCH, Shipment, name_of
 
 MAX_BATCH_WAIT_S = 2.0
+# How long a decode actor that is up waits at the start gate for the pool's other
+# actors (``StartGate``). Actors start together, so they arrive within seconds of one
+# another; the bound only matters when one cannot start (placed on a node that died
+# before Ray noticed), and then costs the run this much once.
+START_GATE_S = 20.0
+
+log = logging.getLogger(__name__)
 
 ROW_SCHEMA = pa.schema([
     # segment | rejected | decoded | found | source (a Rejected or ContainerEnd of the
@@ -124,18 +134,70 @@ class DecodeActor:
     worker idle for a second, and a fixed group of shards per task left the quicker node
     idle at the end: both measured with benchmarks/scale.py.) Ray Data restarts an actor
     that died (on a live node if its own is gone) and retries its calls; a retried call
-    reads its shards anew.
+    reads its shards anew. The pool's actors start reading together (``StartGate``).
     """
 
-    def __init__(self, job: Any) -> None:
+    def __init__(self, job: Any, gate: Any = None) -> None:
         self.job: DecodeJob = ray.get(job) if isinstance(job, ray.ObjectRef) else job
         self.job.extensions.unpack(self.job.settings.home)
         self.node = ray.get_runtime_context().get_node_id()
         self.count_tokens = count_tokens_fn()
+        if gate is not None:
+            pass_gate(gate)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         for blob in table.column("shards").to_pylist():
             yield from decode_shards(pickle.loads(blob), self.job, self.node, self.count_tokens)
+
+
+@ray.remote(num_cpus=0)
+class StartGate:
+    """Holds the pool's decode actors until all of them are up, so that the first shards
+    are shared among them.
+
+    Ray Data hands a shard only to an actor that is up. Without the gate, the actor that
+    starts first takes the first shards, and when shards are quick to read (a large tar
+    cut into parts of small members) it reads every one of them before the others have
+    imported their libraries: a run that was meant to spread over the nodes reads on one.
+    Each actor arrives at the end of its constructor and waits until ``expected`` have
+    arrived, or ``START_GATE_S`` since it arrived; after that the gate stays open, so an
+    actor restarted later (its node died) passes at once.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.arrived = 0
+        self.opened = asyncio.Event()
+
+    async def arrive(self, timeout_s: float) -> int:
+        """Wait for the others (at most ``timeout_s``); return how many had arrived."""
+        self.arrived += 1
+        if self.arrived >= self.expected:
+            self.opened.set()
+        try:
+            await asyncio.wait_for(self.opened.wait(), timeout_s)
+        except TimeoutError:
+            self.opened.set()  # the one that cannot start holds no one any longer
+        return self.arrived
+
+
+def start_gate(expected: int) -> Any:
+    """A ``StartGate`` for a pool of ``expected`` decode actors, on the driver's node: it
+    lives as long as the run, and a worker node that dies does not take it along."""
+    here = ray.get_runtime_context().get_node_id()
+    return StartGate.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node_id=here, soft=False)).remote(expected)
+
+
+def pass_gate(gate: Any) -> None:
+    """Wait at ``gate`` for the pool's other actors. The gate only balances the start: a
+    gate that cannot be reached is logged and passed."""
+    try:
+        arrived = ray.get(gate.arrive.remote(START_GATE_S), timeout=START_GATE_S + 30)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("decode actor: start gate unreachable (%s); starting without it", exc)
+        return
+    log.debug("decode actor: %d of the pool up at the start gate", arrived)
 
 
 def decode_shards(shards: list[Shard], job: DecodeJob, node: str,
