@@ -158,17 +158,17 @@ def decode_events(item: MediaItem, path: Path, policy: SegmentPolicy,
 
 
 def probe_duration(item: MediaItem, path: Path, settings: Settings) -> float | None:
-    """Duration of timed media; None for other kinds or when ffprobe cannot tell.
+    """Duration of timed media; None for other kinds or when the probe cannot tell.
 
     A probe failure is not a rejection here: the decoder sees the same bytes
     and rejects them with its own, more precise reason.
     """
     if item.kind not in TIMED_KINDS:
         return None
-    from ingest.probe import probe
+    from ingest.probe import probe_for
 
     try:
-        return probe(path, settings.ffmpeg_timeout_s).duration_s
+        return probe_for(path, settings).duration_s
     except Exception:
         return None
 

@@ -1,4 +1,4 @@
-"""What a file is: its ``Kind`` and mime type, from its name, its first bytes, and ffprobe.
+"""What a file is: its ``Kind`` and mime type, from its name, its first bytes, and a probe.
 
 Detection runs these registries in order; the first that answers wins:
 
@@ -10,12 +10,13 @@ Detection runs these registries in order; the first that answers wins:
    an image. Images (JPEG, PNG, GIF, WEBP, BMP, TIFF, HEIC/HEIF, AVIF) and
    unambiguous audio/video containers (WAV, FLAC, MP3, AIFF, AVI, FLV, MPEG-PS/TS,
    M4A) decide at once. Containers that may hold video or only audio (MP4/MOV
-   generic brands, Matroska/WebM, Ogg, ASF) are *ambiguous*: ffprobe decides.
+   generic brands, Matroska/WebM, Ogg, ASF) are *ambiguous*: the probe decides.
 3. ``TEXT_EXTENSIONS`` — ``.txt .md .srt .vtt`` (not ``.json``: JSON is metadata,
    see ``ingest.sources``), refused when the first bytes hold NUL (binary).
-4. ``MEDIA_EXTENSIONS`` — a media extension with no known signature: ffprobe decides.
+4. ``MEDIA_EXTENSIONS`` — a media extension with no known signature: the probe decides.
 
-ffprobe (``ingest.probe.probe``, imported lazily) decides ambiguous files:
+The probe (``ingest.probe.probe``, imported lazily; in this process, or an ffprobe
+process when ``probe_isolated``) decides ambiguous files:
 a video stream with more than one frame → video; audio streams only → audio.
 Anything else is unsupported: ``classify`` says why in ``Detection.reason``,
 ``detect_kind`` returns None.
@@ -160,7 +161,8 @@ def detect_kind(name: str, head: bytes, path: Path | None = None,
 
 
 def classify(name: str, head: bytes, path: Path | None = None, *,
-             probe_timeout_s: float = 300.0, home: Path | None = None) -> Detection:
+             probe_timeout_s: float = 300.0, probe_isolated: bool = False,
+             home: Path | None = None) -> Detection:
     """Kind, mime type, and, for unsupported files, the reason (see the module doc).
 
     Files following a registered extension's naming (``*.radar.npy``, under
@@ -174,12 +176,13 @@ def classify(name: str, head: bytes, path: Path | None = None, *,
     if signature is not None and signature.kind is not None:
         return Detection(signature.kind, signature.mime)
     if signature is not None:
-        return _by_probe(path, signature.mime, signature.name, probe_timeout_s)
+        return _by_probe(path, signature.mime, signature.name, probe_timeout_s, probe_isolated)
     suffix = Path(lower).suffix
     if suffix in TEXT_EXTENSIONS:
         return _as_text(head, TEXT_EXTENSIONS[suffix])
     if suffix in MEDIA_EXTENSIONS:
-        return _by_probe(path, MEDIA_EXTENSIONS[suffix], f"{suffix} file", probe_timeout_s)
+        return _by_probe(path, MEDIA_EXTENSIONS[suffix], f"{suffix} file", probe_timeout_s,
+                         probe_isolated)
     return Detection(None, "application/octet-stream",
                      f"unsupported file type (extension {suffix or 'none'!r}, "
                      f"first bytes {head[:8].hex() or 'none'})")
@@ -207,15 +210,16 @@ def _as_text(head: bytes, mime: str) -> Detection:
     return Detection(Kind.TEXT, mime)
 
 
-def _by_probe(path: Path | None, mime: str, what: str, timeout_s: float) -> Detection:
+def _by_probe(path: Path | None, mime: str, what: str, timeout_s: float,
+              isolated: bool) -> Detection:
     if path is None:
-        return Detection(None, mime, f"unsupported file type: {what} needs ffprobe, no local file")
-    from ingest.probe import ProbeError, probe  # lazy: ffprobe is only needed here
+        return Detection(None, mime, f"unsupported file type: {what} needs a probe, no local file")
+    from ingest.probe import ProbeError, probe  # lazy: only ambiguous containers need it
 
     try:
-        info = probe(path, timeout_s)
+        info = probe(path, timeout_s, isolated=isolated)
     except ProbeError as exc:
-        return Detection(None, mime, f"unsupported file type: ffprobe failed on {what}: {exc}")
+        return Detection(None, mime, f"unsupported file type: the probe failed on {what}: {exc}")
     kind = kind_from_probe(info)
     if kind is None:
         return Detection(None, mime, f"unsupported file type: {what} has no moving video and no audio")
@@ -223,7 +227,7 @@ def _by_probe(path: Path | None, mime: str, what: str, timeout_s: float) -> Dete
 
 
 def kind_from_probe(info: MediaInfo) -> Kind | None:
-    """ffprobe's verdict: a moving video stream → video; audio only → audio."""
+    """The probe's verdict: a moving video stream → video; audio only → audio."""
     frames = _frame_count(info)
     if info.video is not None and (frames is None or frames > 1):
         return Kind.VIDEO  # probe already leaves cover art (attached_pic) out

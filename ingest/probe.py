@@ -1,21 +1,32 @@
-"""What a media file holds, from ffprobe's JSON: duration, the first real video stream
-(cover art is not video), the first audio stream.
+"""What a media file holds: duration, the first real video stream (cover art is not
+video), the first audio stream.
 
-``probe(path)`` raises :class:`ProbeError` (with ffprobe's own message) for
-anything ffprobe cannot read; decoders turn that into a ``Rejected``.
+``probe(path)`` raises :class:`ProbeError` (with the demuxer's own message) for
+anything libavformat cannot read; decoders turn that into a ``Rejected``.
 
-One ffprobe per file: the classifier (``ingest.kinds``, for ambiguous
+Two ways to ask, the same answer (``tests/test_probe.py`` compares them on every
+sample file): in this process with PyAV (the default: opening the container and
+its first video frame costs about 2 CPU-ms, an ffprobe process about 70 ms), or an
+ffprobe process (``isolated``, when ``MEDIABIND_VIDEO_DECODER=ffmpeg`` asks that
+no libav code run in the worker; ``probe_for`` decides from the settings). In
+this process a probe is bounded by libavformat's probe size (5 MB read at most)
+rather than by a timeout, and a crash inside libav would take the worker with it,
+as PyAV's frame decoding already would.
+
+One probe per file: the classifier (``ingest.kinds``, for ambiguous
 containers), the duration of the item (``pipeline.probe_duration``) and the
 decoders all ask about the same spooled file in the same process (a decode
 thread, a Ray decode actor), so the answer is kept, keyed by the file as it is
 on disk (path, inode, size, mtime), and the later askers get it without a
-launch (about 70 ms each). The keyframe index of a video is a different
-question (a demux pass over its packets) and has its own ffprobe.
+second probe. The keyframe index of a video is a different question (a demux
+pass over its packets) and is asked by the frame decoders.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 import threading
@@ -29,7 +40,7 @@ from ingest.ffmpeg_run import FFmpegError, run_capture
 
 
 class ProbeError(RuntimeError):
-    """ffprobe could not read the file; the message includes its stderr."""
+    """The file could not be read as media; the message says why, in libav's words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +76,7 @@ class AudioStreamInfo:
 
 @dataclass(frozen=True, slots=True)
 class MediaInfo:
-    """A file as ffprobe sees it; ``duration_s`` is None when nobody knows it."""
+    """A file as libavformat sees it; ``duration_s`` is None when nobody knows it."""
 
     format_name: str
     duration_s: float | None
@@ -83,20 +94,23 @@ class MediaInfo:
 
 
 KEPT_PROBES = 256  # answers kept per process: far more than the files in flight
-_kept: OrderedDict[tuple[str, int, int, int], MediaInfo] = OrderedDict()
+_kept: OrderedDict[tuple[str, int, int, int, bool], MediaInfo] = OrderedDict()
 _kept_lock = threading.Lock()
-launches: Counter[str] = Counter()  # ffprobe launches of ``probe``, per file (tests read it)
+launches: Counter[str] = Counter()  # probes run (not kept answers), per file (tests read it)
 
 
-def probe(path: Path, timeout_s: float = 30) -> MediaInfo:
-    """ffprobe ``path`` (format and streams, JSON) into a :class:`MediaInfo`, once per
-    file: a file unchanged since it was probed gets the kept answer."""
-    key = _identity(path)
+def probe(path: Path, timeout_s: float = 30, *, isolated: bool = False) -> MediaInfo:
+    """Probe ``path`` into a :class:`MediaInfo`, once per file: a file unchanged since it
+    was probed gets the kept answer. ``isolated``: in an ffprobe process bounded by
+    ``timeout_s``, rather than in this process."""
+    key = _identity(path, isolated)
     with _kept_lock:
         if key is not None and key in _kept:
             _kept.move_to_end(key)
             return _kept[key]
-    info = _run_probe(path, timeout_s)
+    with _kept_lock:
+        launches[str(path)] += 1
+    info = _run_ffprobe(path, timeout_s) if isolated else _probe_here(path)
     if key is not None:
         with _kept_lock:
             _kept[key] = info
@@ -105,17 +119,32 @@ def probe(path: Path, timeout_s: float = 30) -> MediaInfo:
     return info
 
 
-def _identity(path: Path) -> tuple[str, int, int, int] | None:
+def forget_kept() -> None:
+    """Drop the kept answers: the next probe of every file runs (benchmarks measure it)."""
+    with _kept_lock:
+        _kept.clear()
+
+
+def probe_for(path: Path, settings: Any) -> MediaInfo:
+    """``probe`` as ``settings`` (``schemas.Settings``) ask: in an ffprobe process when the
+    video decoder is ffmpeg's (no libav code in the worker), else in this process."""
+    return probe(path, settings.ffmpeg_timeout_s, isolated=probe_isolated(settings))
+
+
+def probe_isolated(settings: Any) -> bool:
+    """Whether ``settings`` want probes in an ffprobe process (see the module doc)."""
+    return settings.video_decoder == "ffmpeg"
+
+
+def _identity(path: Path, isolated: bool) -> tuple[str, int, int, int, bool] | None:
     try:
         st = os.stat(path)
     except OSError:
-        return None  # ffprobe says what is wrong with it
-    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+        return None  # the probe says what is wrong with it
+    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, isolated
 
 
-def _run_probe(path: Path, timeout_s: float) -> MediaInfo:
-    with _kept_lock:
-        launches[str(path)] += 1
+def _run_ffprobe(path: Path, timeout_s: float) -> MediaInfo:
     args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
             "-show_streams", str(path)]
     try:
@@ -128,6 +157,124 @@ def _run_probe(path: Path, timeout_s: float) -> MediaInfo:
     if "format" not in raw:
         raise ProbeError(f"ffprobe found no container format in {Path(path).name}")
     return media_info(raw)
+
+
+def _probe_here(path: Path) -> MediaInfo:
+    """The same MediaInfo as ffprobe's, from PyAV in this process. The rotation comes from
+    the first video frame's display matrix (PyAV shows no stream side data), so a video
+    stream costs the decode of one frame."""
+    import av
+
+    _keep_libav_errors()
+    name = Path(path).name
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise ProbeError(f"could not read {name} as media: {_libav_words(e)}") from None
+    with container:
+        streams = list(container.streams)
+        video_stream = next((s for s in streams if _is_real_video_here(s)), None)
+        audio_stream = next((s for s in streams if s.type == "audio"), None)
+        video = None
+        if video_stream is not None:
+            video = _video_here(video_stream, _first_rotation(container, video_stream))
+        audio = _audio_here(audio_stream) if audio_stream is not None else None
+        duration = _positive(container.duration / 1_000_000) if container.duration else None
+        format_name = container.format.name
+    if duration is None:  # some containers only know per-stream durations
+        durations = [d for d in (video and video.duration_s, audio and audio.duration_s) if d]
+        duration = max(durations, default=None)
+    return MediaInfo(format_name, duration, video, audio, len(streams))
+
+
+def _libav_words(exc: BaseException) -> str:
+    """libav's reason, then its last logged error (``moov atom not found``), as ffprobe's
+    stderr would say them."""
+    words = getattr(exc, "strerror", None) or str(exc)
+    log = getattr(exc, "log", None)
+    if log and len(log) == 3 and str(log[2]).strip():
+        words = f"{words} ({str(log[2]).strip()})"
+    return words
+
+
+@functools.cache
+def _keep_libav_errors() -> None:
+    """Have PyAV keep libav's last error message (it then rides on the exception), once
+    per process. PyAV passes what it keeps on to Python's ``libav`` logger: that logger
+    prints nothing unless the application configures it, as before, when libav logged
+    nothing at all."""
+    import av.logging
+
+    if av.logging.get_level() is None:
+        av.logging.set_level(av.logging.ERROR)
+        quiet = logging.getLogger("libav")
+        if not quiet.handlers and quiet.level == logging.NOTSET:
+            quiet.addHandler(logging.NullHandler())
+            quiet.propagate = False
+
+
+def _is_real_video_here(stream: Any) -> bool:
+    import av
+
+    return stream.type == "video" and not stream.disposition & av.stream.Disposition.attached_pic
+
+
+def _first_rotation(container: Any, stream: Any) -> int:
+    """The rotation of the stream's first decodable frame, as ffprobe reports the stream's
+    display matrix; the legacy ``rotate`` tag where no frame says. 0 when no frame decodes
+    (the frame decoders then say what is wrong)."""
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return int(round(frame.rotation)) % 360
+    except (av.FFmpegError, OSError, ValueError):
+        pass
+    tag = stream.metadata.get("rotate")
+    try:
+        return int(round(float(tag))) % 360 if tag else 0
+    except ValueError:
+        return 0
+
+
+def _video_here(s: Any, rotation: int) -> VideoStreamInfo:
+    cc = s.codec_context
+    return VideoStreamInfo(
+        index=s.index,
+        codec=_codec_name(s),
+        coded_width=int(cc.width or 0),
+        coded_height=int(cc.height or 0),
+        rotation=rotation,
+        fps=_rate_of(s.average_rate) or _rate_of(s.base_rate),
+        frames=int(s.frames) if s.frames else None,
+        duration_s=_stream_seconds(s),
+    )
+
+
+def _audio_here(s: Any) -> AudioStreamInfo:
+    cc = s.codec_context
+    return AudioStreamInfo(
+        index=s.index,
+        codec=_codec_name(s),
+        sample_rate=int(cc.sample_rate) or None,
+        channels=int(cc.channels) or None,
+        duration_s=_stream_seconds(s),
+    )
+
+
+def _codec_name(s: Any) -> str:
+    codec = s.codec_context.codec
+    return codec.canonical_name if codec is not None else "?"
+
+
+def _rate_of(rate: Any) -> float | None:
+    return float(rate) if rate else None
+
+
+def _stream_seconds(s: Any) -> float | None:
+    if s.duration is None or s.time_base is None:
+        return None
+    return _positive(float(s.duration * s.time_base))
 
 
 def media_info(raw: dict[str, Any]) -> MediaInfo:

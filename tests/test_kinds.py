@@ -111,11 +111,11 @@ def test_a_single_frame_video_is_not_video(media):
     assert detection.kind is None and "no moving video" in detection.reason
 
 
-def test_media_extension_with_garbage_reports_ffprobe_failure(tmp_path):
+def test_media_extension_with_garbage_reports_probe_failure(tmp_path):
     path = tmp_path / "broken.mp4"
     path.write_bytes(b"this is not a video at all" * 10)
     detection = classify("broken.mp4", path.read_bytes(), path)
-    assert detection.kind is None and "ffprobe failed" in detection.reason
+    assert detection.kind is None and "probe failed" in detection.reason
 
 
 def test_media_extension_without_magic_is_probed(media, tmp_path):

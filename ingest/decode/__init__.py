@@ -3,7 +3,7 @@
 ``decode_item`` is the one entry point: it yields the item's segments in the
 layout ``schemas.MODALITIES[m].decoded`` gives, index counting from 0 per
 modality; a video yields vision clips and then its soundtrack's audio windows.
-Any failure becomes a ``Rejected`` (stage ``probe`` when ffprobe cannot read the
+Any failure becomes a ``Rejected`` (stage ``probe`` when the probe cannot read the
 file, else ``decode``) after the segments already yielded; nothing is raised.
 The file-level point is not made here: the pipeline averages segment vectors.
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
 from ingest.ffmpeg_run import FFMPEG_QUIET, FFmpegError, stream_stdout
-from ingest.probe import MediaInfo, probe
+from ingest.probe import MediaInfo, probe_for
 from schemas import Kind, Modality, Segment
 
 SAMPLE_RATE = 16_000
@@ -37,7 +37,7 @@ CHUNK_SAMPLES = 4 * SAMPLE_RATE  # read granularity of the pipe
 
 def decode_audio(job: DecodeJob) -> Iterator[Segment]:
     """An audio file: probe it, cut its whole duration into windows."""
-    info = probe(job.path, timeout_s=job.settings.ffmpeg_timeout_s)  # ProbeError → stage probe
+    info = probe_for(job.path, job.settings)  # ProbeError → stage probe
     yield from decode_probed_audio(job, info)
 
 
@@ -52,7 +52,7 @@ def decode_probed_audio(job: DecodeJob, info: MediaInfo,
         try:
             spans = bounded_windows(info.duration_s, job.policy, job.settings)
         except ValueError as e:
-            raise DecodeError(f"{e} (ffprobe reports no usable duration)") from None
+            raise DecodeError(f"{e} (the probe reports no usable duration)") from None
     # A video's soundtrack keeps the item's kind (video): the payload tells them apart.
     kind = job.item.kind if job.item.kind in (Kind.VIDEO, Kind.AUDIO) else Kind.AUDIO
     samples = pcm_stream(job)
@@ -60,7 +60,7 @@ def decode_probed_audio(job: DecodeJob, info: MediaInfo,
     for made, (start, end, clip) in enumerate(cut_windows(samples, spans), start=1):
         yield job.segment(Modality.AUDIO, made - 1, start, end, clip, kind=kind)
     if made == 0 and own_windows:  # found by fuzzing: a damaged m4a that decodes to nothing
-        raise DecodeError(f"audio stream decoded to no samples although ffprobe reports "
+        raise DecodeError(f"audio stream decoded to no samples although the probe reports "
                           f"{info.duration_s} s (corrupt data?)")
 
 

@@ -69,7 +69,7 @@ from ingest.decode.frames import (
     frame_times_from_end,
 )
 from ingest.ffmpeg_run import FFmpegError, run_capture
-from ingest.probe import MediaInfo, VideoStreamInfo, probe
+from ingest.probe import MediaInfo, VideoStreamInfo, probe_for
 from schemas import Modality, Segment
 
 TARGET_SHORT_SIDE = 224
@@ -96,14 +96,14 @@ def decode_video(job: DecodeJob) -> Iterator[Segment]:
 
 def probe_or_fail(job: DecodeJob) -> MediaInfo:
     """Probe the file; a ProbeError propagates (decode_item rejects at stage probe)."""
-    return probe(job.path, timeout_s=job.settings.ffmpeg_timeout_s)
+    return probe_for(job.path, job.settings)
 
 
 def windows_or_fail(job: DecodeJob, info: MediaInfo) -> list[tuple[float, float]]:
     try:
         return bounded_windows(info.duration_s, job.policy, job.settings)
     except ValueError as e:
-        raise DecodeError(f"{e} (ffprobe reports no usable duration)") from None
+        raise DecodeError(f"{e} (the probe reports no usable duration)") from None
 
 
 def vision_segments(job: DecodeJob, video: VideoStreamInfo,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ingest.kinds import Detection, classify
 from ingest.manifest import ManifestRow
+from ingest.probe import probe_isolated
 from ingest.sources.members import ContainerEnd, RawMember, Sidecar, SourceEntry
 from ingest.sources.readers import archive_reader
 from ingest.sources.safety import (
@@ -201,15 +202,16 @@ def describe(state: RunState, raw: RawMember, member: str, spooled: Spooled) -> 
 
 
 def _detect(state: RunState, member: str, spooled: Spooled, row: ManifestRow | None) -> Detection:
-    # The same bytes were classified already (no second ffprobe); a manifest
-    # kind overrides detection (and needs no ffprobe either).
+    # The same bytes were classified already (no second probe); a manifest
+    # kind overrides detection (and needs no probe either).
     if row is not None and row.kind is not None:
         return Detection(row.kind, classify(member, spooled.head, home=state.settings.home).mime)
     known = state.seen.get(spooled.sha256)
     if known is not None:
         return known
     return classify(member, spooled.head, spooled.path,
-                    probe_timeout_s=state.settings.ffmpeg_timeout_s, home=state.settings.home)
+                    probe_timeout_s=state.settings.ffmpeg_timeout_s,
+                    probe_isolated=probe_isolated(state.settings), home=state.settings.home)
 
 
 def read_sidecar(member: str, location: str, spooled: Spooled) -> Sidecar:
