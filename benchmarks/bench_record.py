@@ -44,6 +44,10 @@ def machine(gpu: str | None = None) -> str:
 
 
 def _commit() -> str:
+    """This checkout's commit (``+changes`` when its code differs), or the one a copy
+    without git was made from (``MEDIABIND_BENCH_COMMIT``: the GPU session's kit)."""
+    if os.environ.get("MEDIABIND_BENCH_COMMIT"):
+        return os.environ["MEDIABIND_BENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()

@@ -8,7 +8,9 @@ Both sides run in this process on the same files: the baseline is
 ``ffmpeg -i f -f null -`` (every frame and the soundtrack decoded, nothing
 converted); ours is ``ingest.decode.decode_item`` with the default policy
 (2-s windows: two frames per window and the 16-kHz soundtrack), once per frame
-backend (``MEDIABIND_VIDEO_DECODER``: PyAV in-process, ffmpeg processes). CPU
+backend (``MEDIABIND_VIDEO_DECODER``: PyAV in-process, ffmpeg processes), each with
+the file's one probe (in process with PyAV; an ffprobe process with ffmpeg's
+backend), and the probe alone both ways. CPU
 time is this process plus its ffmpeg children (``RUSAGE_CHILDREN``), so it
 counts the work on every core. The last columns give the bytes per window that
 cross to the encoder: the packed clip (uint8 frames) and, for comparison, the
@@ -42,7 +44,7 @@ import bench_record as record  # noqa: E402
 from embed_workers.prepare import Preparer  # noqa: E402
 from embed_workers.preprocess import PreprocessOptions, to_model_input  # noqa: E402
 from ingest.decode import decode_item  # noqa: E402
-from ingest.probe import probe  # noqa: E402
+from ingest.probe import forget_kept, probe  # noqa: E402
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, SegmentPolicy, Settings  # noqa: E402
 
 # (frame backend, sampling) rows per file; keyframe sampling is a policy of its own.
@@ -72,7 +74,9 @@ def full_decode_cpu(path: Path) -> float:
 
 
 def ours_cpu(path: Path, settings: Settings) -> tuple[float, int, list[Segment]]:
+    """CPU-seconds of ``decode_item`` on ``path``, its one probe included (no kept answer)."""
     item = MediaItem(path.name, str(path.parent), path.name, path.stat().st_size, Kind.VIDEO)
+    forget_kept()
     before, segments, clips = cpu_seconds(), 0, []
     for out in decode_item(item, path, settings.policy, settings):
         if isinstance(out, Rejected):
@@ -81,6 +85,19 @@ def ours_cpu(path: Path, settings: Settings) -> tuple[float, int, list[Segment]]
         if out.modality == Modality.VISION and len(clips) < 4:
             clips.append(out)
     return cpu_seconds() - before, segments, clips
+
+
+def probe_cpu_ms(path: Path, rounds: int = 10) -> tuple[float, float]:
+    """Mean CPU-ms of one probe of ``path``: in this process (PyAV) and as an ffprobe
+    process, alternated, no kept answers."""
+    spent = {False: 0.0, True: 0.0}
+    for _ in range(rounds):
+        for isolated in (False, True):
+            forget_kept()
+            before = cpu_seconds()
+            probe(path, isolated=isolated)
+            spent[isolated] += cpu_seconds() - before
+    return spent[False] / rounds * 1e3, spent[True] / rounds * 1e3
 
 
 def window_bytes(clips: list[Segment], settings: Settings) -> tuple[float, float]:
@@ -98,11 +115,13 @@ def compare(root: Path, seconds: float, settings: Settings) -> list[dict[str, An
     print(f"{'file':<13}{'decoder':>8}{'sampling':>9}{'media s':>8}{'segments':>9}{'full CPU s':>11}"
           f"{'ours CPU s':>11}{'media s/CPU s':>14}{'ratio':>7}{'MB/window packed':>18}"
           f"{'before':>8}")
-    rows = []
+    rows, probes = [], []
     for name, gop in ENCODINGS.items():
         path = make_video(root / f"{name}.mp4", seconds, gop)
         duration = probe(path).duration_s or seconds
         baseline = full_decode_cpu(path)
+        here_ms, ffprobe_ms = probe_cpu_ms(path)
+        probes.append({"file": name, "in_process_ms": here_ms, "ffprobe_ms": ffprobe_ms})
         for decoder, sampling in ROWS:
             chosen = settings.model_copy(update={"video_decoder": decoder,
                                                  "video_sampling": sampling})
@@ -116,11 +135,16 @@ def compare(root: Path, seconds: float, settings: Settings) -> list[dict[str, An
                          "mb_per_window_before": before})
     print("ratio = full-decode CPU / ours (higher is better; > 1: we decode less). "
           "Goals: >= 6x at gop2s\n"
-          "with exact sampling; >= 10x at x264default (8-s GOP) with keyframe sampling.")
-    return rows
+          "with exact sampling; >= 10x at x264default (8-s GOP) with keyframe sampling.\n"
+          "Each of ours includes the file's one probe (in process for pyav, ffprobe for ffmpeg).")
+    for p in probes:
+        print(f"probe of {p['file']}: {p['in_process_ms']:.1f} CPU-ms in process (PyAV) against "
+              f"{p['ffprobe_ms']:.1f} for an ffprobe process: "
+              f"{p['ffprobe_ms'] / p['in_process_ms']:.0f}x less")
+    return rows, probes
 
 
-def sentence(rows: list[dict[str, Any]]) -> str:
+def sentence(rows: list[dict[str, Any]], probes: list[dict[str, Any]]) -> str:
     """The README's figure: the goal rows and the bytes per window, from this run."""
     def ratio(file: str, decoder: str, sampling: str) -> str:
         row = next(r for r in rows if (r["file"], r["decoder"], r["sampling"]) == (file, decoder, sampling))
@@ -133,7 +157,9 @@ def sentence(rows: list[dict[str, Any]]) -> str:
             f"{ratio('x264default', 'pyav', 'keyframe')} `keyframe` (goal 10x); ffmpeg process "
             f"{ratio('gop2s', 'ffmpeg', 'exact')} / {ratio('x264default', 'ffmpeg', 'keyframe')}; "
             f"{first['mb_per_window']:.2f} MB per window cross to the encoder "
-            f"({first['mb_per_window_before']:.2f} MB as finished crops)")
+            f"({first['mb_per_window_before']:.2f} MB as finished crops); a probe costs "
+            f"{probes[0]['in_process_ms']:.1f} CPU-ms in process, {probes[0]['ffprobe_ms']:.0f} "
+            f"as an ffprobe process")
 
 
 def archive_memory(root: Path, gigabytes: float, settings: Settings) -> None:
@@ -195,10 +221,11 @@ def main() -> None:
     seconds = args.seconds or (10 if args.quick else 30)
     with tempfile.TemporaryDirectory(prefix="mediabind-bench-") as tmp:
         settings = Settings(home=Path(tmp) / "home")
-        rows = compare(Path(tmp), seconds, settings)
+        rows, probes = compare(Path(tmp), seconds, settings)
         if args.record:
             record.save("decode", f"video decode for segments, two {seconds:.0f}-s 720p videos",
-                        sentence(rows), {"seconds": seconds, "rows": rows})
+                        sentence(rows, probes), {"seconds": seconds, "rows": rows,
+                                                 "probes": probes})
         if args.archive_gb:
             archive_memory(Path(tmp), args.archive_gb, settings)
 

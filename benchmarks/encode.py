@@ -8,8 +8,9 @@ difference as a parity check.
     .venv/bin/python benchmarks/encode.py --quick    # smoke run
 
 GPU: vision images/s of ImageBind-huge (random weights: a throughput figure,
-never vectors to keep) at batches 64 and 256, and the fraction of the card's
-dense bf16 peak:
+never vectors to keep) at batches 64 and 256, as a fraction of the card's dense
+bf16 peak and of a bf16 matrix product (8192 x 8192 x 8192) measured on the
+same card in the same run, the ceiling the trunk's GEMMs can reach:
 
     python benchmarks/encode.py --device cuda --dtype bf16 --preset imagebind_huge \\
         --json huge_h200.json
@@ -175,7 +176,8 @@ def run_preset_modalities(preset_name: str, modalities: list[Modality], batches:
             row = {"preset": preset_name, **bench_modality(ours, reference, modality, batch,
                                                            args, device, dtype)}
             if modality == Modality.VISION:
-                add_flops(row, preset.config, args.peak_tflops if device.type == "cuda" else None)
+                add_flops(row, preset.config, args.peak_tflops if device.type == "cuda" else None,
+                          getattr(args, "gemm_tflops", None))
             print_row(preset_name, row, device)
             rows.append(row)
     return rows
@@ -200,15 +202,39 @@ def precision_drift(preset_name: str, modalities: list[Modality], device: torch.
     return rows
 
 
-def add_flops(row: dict, config: ImageBindConfig, peak_tflops: float | None) -> None:
+def add_flops(row: dict, config: ImageBindConfig, peak_tflops: float | None,
+              gemm: float | None = None) -> None:
     gflop = vision_gflop_per_image(config)
     row["gflop_per_image"] = gflop
     row["ours_tflops"] = row["ours_items_s"] * gflop / 1e3
     if peak_tflops:
         row["ours_fraction_of_peak"] = row["ours_tflops"] / peak_tflops
+        of_gemm = ""
+        if gemm:
+            row["ours_fraction_of_gemm"] = row["ours_tflops"] / gemm
+            of_gemm = f", {100 * row['ours_fraction_of_gemm']:.1f}% of the measured GEMM's {gemm:.0f}"
         print(f"{'':16s} vision: {gflop:.0f} GFLOP/image, ours {row['ours_tflops']:.0f} TFLOP/s "
-              f"= {100 * row['ours_fraction_of_peak']:.1f}% of {peak_tflops:g} TFLOP/s peak",
+              f"= {100 * row['ours_fraction_of_peak']:.1f}% of {peak_tflops:g} TFLOP/s peak{of_gemm}",
               flush=True)
+
+
+def gemm_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
+    """TFLOP/s of an n x n x n matrix product in ``dtype`` on ``device`` (CUDA events; the
+    mean of ``reps`` products after three warm-ups, random data)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1e3
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n ** 3 * reps / seconds / 1e12
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -264,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     meta = environment(device, args.dtype)
+    if device.type == "cuda":
+        args.gemm_tflops = meta["gemm_tflops"] = gemm_tflops(device, dtype)
+        print(f"{args.dtype} GEMM 8192^3 on this card: {args.gemm_tflops:.0f} TFLOP/s")
     print(f"device {meta['device']}, dtype {args.dtype}, torch {meta['torch']}, "
           f"{meta['threads']} CPU threads; random weights; items/s, ratio = ours/reference")
     cpu_header = f"{'cpu-time':>9s}" if device.type == "cpu" else ""
@@ -288,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         figure = f"vision {best['ours_items_s']:,.0f} img/s at batch {best['batch']}"
         if "ours_fraction_of_peak" in best:
             figure += f": {best['ours_fraction_of_peak']:.0%} of {args.peak_tflops:g} TFLOP/s peak"
+        if "ours_fraction_of_gemm" in best:
+            figure += (f", {best['ours_fraction_of_gemm']:.0%} of a {meta['gemm_tflops']:.0f}-TFLOP/s "
+                       "GEMM on the same card")
         if "ratio" in best:
             figure += f"; {best['ratio']:.2f}x the reference implementation"
         record.save("encode", f"encoders, `{' '.join(args.preset)}`, {args.dtype}", figure,

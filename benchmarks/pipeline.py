@@ -12,12 +12,17 @@ with a soundtrack, in an uncompressed tar):
    ``--workers`` threads, and the whole recipe (``preprocess.to_model_input``:
    pack and finish, on the CPU) for every segment; no model, no store: the
    pipeline's bottleneck on CPU-only machines;
-2. the whole pipeline (``run_ingest``: plan, decode, pack, finish on the
+2. encode alone: one video's segments, decoded and packed once, finished and
+   encoded over and over on the encode threads (``encode_prepared``, as the
+   pipeline calls it): the ceiling a GPU run is held to (goal >= 0.8 of it);
+3. the whole pipeline (``run_ingest``: plan, decode, pack, finish on the
    encoder's device, encode, store); ratio = pipeline media-s/s over the
-   baseline's media-s/s (1.0 = no overhead; the goal on a CPU is >= 0.9);
-3. memory: RSS sampled while the pipeline runs, against the volume of decoded
+   baseline's media-s/s (1.0 = no overhead; the goal on a CPU is >= 0.9), and
+   over the encode-only ceiling; once per ``--decoders`` value (NVDEC on and
+   off on a GPU) and per ``--encode-threads`` value, on the same archive;
+4. memory: RSS sampled while the pipeline runs, against the volume of decoded
    arrays that flowed through it (flat RSS while GBs flow = streaming works);
-4. with ``--device cuda``: GPU busy as the encoder's CUDA-event time (finish +
+5. with ``--device cuda``: GPU busy as the encoder's CUDA-event time (finish +
    model, per batch, on its stream) over wall time, nvidia-smi's utilisation
    beside it, and which stage bounds the run (decode threads or the encoder).
 """
@@ -25,6 +30,7 @@ with a soundtrack, in an uncompressed tar):
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import shutil
@@ -61,7 +67,11 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # --- the archive ----------------------------------------------------------------------------
 
 
-def make_archive(root: Path, videos: int, seconds: float, size: str) -> Path:
+def make_archive(root: Path, videos: int, seconds: float, size: str, copies: int = 1) -> Path:
+    """``videos`` distinct videos in an uncompressed tar, each ``copies`` times: a copy is
+    the same video with 16 random bytes after its end (demuxers ignore them), so each is
+    an item of its own (its own sha256) with the same decoding work: a long GPU run
+    without encoding hours of video first."""
     folder = root / "videos"
     folder.mkdir(parents=True)
     for i in range(videos):  # distinct content per video: distinct sha256, nothing skipped
@@ -74,7 +84,13 @@ def make_archive(root: Path, videos: int, seconds: float, size: str) -> Path:
     archive = root / "archive.tar"
     with tarfile.open(archive, "w") as tar:
         for path in sorted(folder.iterdir()):
-            tar.add(path, path.name)
+            data = path.read_bytes()
+            for copy in range(copies):
+                name = path.name if copies == 1 else f"{path.stem}_{copy:04d}{path.suffix}"
+                body = data if copies == 1 else data + os.urandom(16)
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
     shutil.rmtree(folder)
     return archive
 
@@ -87,6 +103,7 @@ def decode_alone(archive: Path, settings: Settings) -> dict[str, float]:
     count_tokens = count_tokens_fn()
     options = PreprocessOptions(video_crops=settings.video_crops)
     preparer = Preparer(options)
+    first_video(archive, settings)  # untimed: imports and first opens, as the pipeline's are
     started, cpu = time.perf_counter(), cpu_seconds()
     entries = [e for e in iter_source(str(archive), settings) if not isinstance(e, Rejected)]
 
@@ -117,7 +134,55 @@ def decode_alone(archive: Path, settings: Settings) -> dict[str, float]:
             "finished_bytes": sum(r[4] for r in results)}
 
 
-# --- 2-4. the pipeline, sampled ------------------------------------------------------------
+# --- 2. encode alone ------------------------------------------------------------------------
+
+
+def first_video(archive: Path, settings: Settings) -> tuple[list, float]:
+    """The archive's first video decoded and packed (as the decode threads pack), and its
+    duration."""
+    preparer = Preparer(PreprocessOptions(video_crops=settings.video_crops))
+    count_tokens = count_tokens_fn()
+    packs, media = [], 0.0
+    for entry in iter_source(str(archive), settings):
+        if isinstance(entry, Rejected):
+            continue
+        try:
+            for event in decode_events(entry.item, entry.path, settings.policy, settings,
+                                       count_tokens):
+                if isinstance(event, Segment):
+                    packs.append(preparer(event))
+                elif hasattr(event, "duration_s"):
+                    media = event.duration_s or 0.0
+        finally:
+            entry.release()
+        break
+    return packs, media
+
+
+def encode_alone(archive: Path, settings: Settings, encoder: Encoder, threads: int,
+                 min_s: float) -> dict[str, float]:
+    """The encode-only ceiling: the first video's segments packed once, then encoded
+    again and again by ``threads`` threads for at least ``min_s`` seconds; media-s/s
+    counts each round as that video's duration."""
+    packs, media = first_video(archive, settings)
+    encoder.encode_prepared(packs)  # warm: every layout built once
+    rounds, lock, started = [0], threading.Lock(), time.perf_counter()
+
+    def loop() -> None:
+        while time.perf_counter() - started < min_s:
+            encoder.encode_prepared(packs)
+            with lock:
+                rounds[0] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(loop) for _ in range(threads)]:
+            future.result()
+    wall = time.perf_counter() - started
+    return {"media_s_per_s": rounds[0] * media / wall, "rounds": rounds[0], "wall_s": wall,
+            "segments": len(packs), "media_s": media}
+
+
+# --- 3-5. the pipeline, sampled ------------------------------------------------------------
 
 
 def cpu_seconds() -> float:
@@ -231,8 +296,14 @@ def warm_up(encoder: Encoder) -> float:
 
 def run_pipeline(archive: Path, settings: Settings, args: argparse.Namespace) -> dict:
     encoder = encoder_class(args)(settings=settings)
+    ceiling = None
     if args.executor == "local":  # Ray actors build their own model; that stays in the timing
         print(f"model build + first batch: {warm_up(encoder):.1f} s (not in the timings)")
+        threads = encode_threads(settings.encode_threads, encoder)
+        ceiling = encode_alone(archive, settings, encoder, threads,
+                               min_s=3.0 if args.quick else 10.0)
+        print(f"encode alone ({threads} threads, {ceiling['segments']} segments x "
+              f"{ceiling['rounds']}): {ceiling['media_s_per_s']:.2f} media s/s")
         encoder.__dict__["busy_s"] = 0.0
     sampler = Sampler(gpu=settings.device.startswith("cuda"))
     with open_store(settings) as store:
@@ -246,7 +317,8 @@ def run_pipeline(archive: Path, settings: Settings, args: argparse.Namespace) ->
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     threads = encode_threads(settings.encode_threads, encoder) if args.executor == "local" else 1
     return {"report": report, "wall_s": wall, "rss": sampler.rss, "gpu": sampler.gpu,
-            "encode_threads": threads, "cpu_s": cpu, "gpu_busy_s": encoder.__dict__.get("busy_s")}
+            "encode_threads": threads, "cpu_s": cpu, "gpu_busy_s": encoder.__dict__.get("busy_s"),
+            "encode_alone": ceiling}
 
 
 def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -> None:
@@ -266,6 +338,9 @@ def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -
           f"{report.points_written} points")
     print(f"ratio pipeline / (decode + preprocessing alone): "
           f"{media_rate / decode['media_s_per_s']:.2f} (goal on a CPU >= 0.9)")
+    if pipe.get("encode_alone"):
+        print(f"ratio pipeline / encode alone: "
+              f"{media_rate / pipe['encode_alone']['media_s_per_s']:.2f} (goal on a GPU >= 0.8)")
     stages = report.stage_seconds
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     # The decode threads/tasks also pack (checks, uint8 frames); the encoder finishes.
@@ -301,9 +376,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--videos", type=int, help="videos in the archive (default 6, quick 3)")
     p.add_argument("--seconds", type=float, help="seconds per video (default 20, quick 8)")
     p.add_argument("--size", default="640x360", help="video frame size")
+    p.add_argument("--copies", type=int, default=1,
+                   help="items per generated video (each with its own trailing bytes)")
     p.add_argument("--workers", type=int, default=2, help="decode threads / tasks")
     p.add_argument("--encode-threads", default="0",
                    help="0 = auto (4 on CUDA, 1 on CPU); a list (1,4) runs the pipeline once per value")
+    p.add_argument("--decoders", default="auto",
+                   help="MEDIABIND_VIDEO_DECODER per run, a list (nvdec,pyav: NVDEC on and off) "
+                        "runs the pipeline once per value on the same archive")
     record.add_flag(p)
     return p.parse_args()
 
@@ -315,20 +395,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mb-bench-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        archive = make_archive(root, videos, seconds, args.size)
-        print(f"made {videos} x {seconds:g} s videos ({archive.stat().st_size / 1e6:.1f} MB tar) "
+        archive = make_archive(root, videos, seconds, args.size, args.copies)
+        print(f"made {videos} x {args.copies} x {seconds:g} s videos "
+              f"({archive.stat().st_size / 1e6:.1f} MB tar) "
               f"in {time.perf_counter() - started:.1f} s; cpu cores {os.cpu_count()}")
-        decode = None
-        for threads in (int(t) for t in args.encode_threads.split(",")):
-            settings = Settings(home=root / f"home{threads}", preset=args.preset,
-                                device=args.device, dtype=DTYPES[args.dtype],
-                                decode_workers=args.workers, store="edge", encode_actors=1,
-                                encode_threads=threads)
-            decode = decode or decode_alone(archive, settings)
-            pipe = run_pipeline(archive, settings, args)
-            print_results(decode, pipe, settings, args.executor)
-            if args.record:
-                keep(decode, pipe, settings, args, videos, seconds)
+        recorded = False
+        for decoder in args.decoders.split(","):
+            decode = None  # each decoder's own baseline
+            for threads in (int(t) for t in args.encode_threads.split(",")):
+                settings = Settings(home=root / f"home-{decoder}-{threads}", preset=args.preset,
+                                    device=args.device, dtype=DTYPES[args.dtype],
+                                    decode_workers=args.workers, store="edge", encode_actors=1,
+                                    encode_threads=threads, video_decoder=decoder)
+                decode = decode or decode_alone(archive, settings)
+                print(f"\n--- video decoder {decoder}, {threads or 'auto'} encode threads")
+                pipe = run_pipeline(archive, settings, args)
+                print_results(decode, pipe, settings, args.executor)
+                if args.record and not recorded:  # the first decoder and thread count
+                    keep(decode, pipe, settings, args, videos, seconds)
+                    recorded = True
 
 
 def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
@@ -339,6 +424,11 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
     cuda = settings.device.startswith("cuda")
     figure = (f"{rate:.1f} media-s/s against {decode['media_s_per_s']:.1f} for decode + "
               f"preprocessing alone: {rate / decode['media_s_per_s']:.2f} of it")
+    ceiling = pipe.get("encode_alone")
+    if cuda and ceiling:
+        figure += (f"; {rate / ceiling['media_s_per_s']:.2f} of encoding alone "
+                   f"({ceiling['media_s_per_s']:.0f} media-s/s); video decoder "
+                   f"{settings.video_decoder}")
     if cuda and pipe.get("gpu_busy_s") is not None:
         figure += f"; GPU busy {pipe['gpu_busy_s'] / pipe['wall_s']:.0%} (CUDA events)"
     gpu = None
@@ -348,8 +438,10 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
         gpu = torch.cuda.get_device_name()
     record.save("pipeline_gpu" if cuda else "pipeline_cpu",
                 f"whole pipeline, `{settings.preset}` {settings.device}/{settings.dtype}, "
-                f"{args.executor} executor, {videos} x {seconds:g}-s {args.size} videos",
+                f"{args.executor} executor, {videos * args.copies} x {seconds:g}-s {args.size} videos",
                 figure, {"media_s_per_s": rate, "decode_alone_media_s_per_s": decode["media_s_per_s"],
+                         "encode_alone_media_s_per_s": ceiling and ceiling["media_s_per_s"],
+                         "video_decoder": settings.video_decoder,
                          "wall_s": pipe["wall_s"], "gpu_busy_s": pipe.get("gpu_busy_s"),
                          "stage_seconds": dict(report.stage_seconds)}, gpu=gpu)
 

@@ -6,7 +6,8 @@ anything libavformat cannot read; decoders turn that into a ``Rejected``.
 
 Two ways to ask, the same answer (``tests/test_probe.py`` compares them on every
 sample file): in this process with PyAV (the default: opening the container and
-its first video frame costs about 2 CPU-ms, an ffprobe process about 70 ms), or an
+decoding its first video frame costs several times less CPU than starting an
+ffprobe process; ``benchmarks/decode.py`` prints both), or an
 ffprobe process (``isolated``, when ``MEDIABIND_VIDEO_DECODER=ffmpeg`` asks that
 no libav code run in the worker; ``probe_for`` decides from the settings). In
 this process a probe is bounded by libavformat's probe size (5 MB read at most)
