@@ -166,7 +166,7 @@ def encode_alone(archive: Path, settings: Settings, encoder: Encoder, threads: i
     counts each round as that video's duration."""
     packs, media = first_video(archive, settings)
     encoder.encode_prepared(packs)  # warm: every layout built once
-    rounds, lock, started = [0], threading.Lock(), time.perf_counter()
+    rounds, lock, started, cpu = [0], threading.Lock(), time.perf_counter(), cpu_seconds()
 
     def loop() -> None:
         while time.perf_counter() - started < min_s:
@@ -177,9 +177,10 @@ def encode_alone(archive: Path, settings: Settings, encoder: Encoder, threads: i
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(loop) for _ in range(threads)]:
             future.result()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     return {"media_s_per_s": rounds[0] * media / wall, "rounds": rounds[0], "wall_s": wall,
-            "segments": len(packs), "media_s": media}
+            "segments": len(packs), "media_s": media,
+            "cpu_s_per_media_s": cpu / max(rounds[0] * media, 1e-9)}
 
 
 # --- 3-5. the pipeline, sampled ------------------------------------------------------------
@@ -321,6 +322,14 @@ def run_pipeline(archive: Path, settings: Settings, args: argparse.Namespace) ->
             "encode_alone": ceiling}
 
 
+def overhead(decode: dict, pipe: dict) -> dict[str, float]:
+    """The pipeline's CPU per media-second against its parts' measured alone."""
+    media = pipe["report"].media_seconds
+    mine = pipe["cpu_s"] / max(media, 1e-9)
+    parts = decode["cpu_s"] / max(decode["media_s"], 1e-9) + pipe["encode_alone"]["cpu_s_per_media_s"]
+    return {"pipeline": mine, "parts": parts, "ratio": mine / parts}
+
+
 def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -> None:
     report = pipe["report"]
     media_rate = report.media_seconds / pipe["wall_s"]
@@ -341,6 +350,10 @@ def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -
     if pipe.get("encode_alone"):
         print(f"ratio pipeline / encode alone: "
               f"{media_rate / pipe['encode_alone']['media_s_per_s']:.2f} (goal on a GPU >= 0.8)")
+        print(f"CPU-s per media-s: pipeline {overhead(decode, pipe)['pipeline']:.4f} against "
+              f"{overhead(decode, pipe)['parts']:.4f} for decode alone plus encode alone: "
+              f"{overhead(decode, pipe)['ratio']:.2f}x (the pipeline's own cost; on a CPU the "
+              f"two share the cores, so the ratio above is at most decode's share)")
     stages = report.stage_seconds
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     # The decode threads/tasks also pack (checks, uint8 frames); the encoder finishes.
@@ -425,6 +438,9 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
     figure = (f"{rate:.1f} media-s/s against {decode['media_s_per_s']:.1f} for decode + "
               f"preprocessing alone: {rate / decode['media_s_per_s']:.2f} of it")
     ceiling = pipe.get("encode_alone")
+    if not cuda and ceiling:
+        figure += (f"; CPU per media-s {overhead(decode, pipe)['ratio']:.2f}x decode alone "
+                   f"plus encode alone (the two share 2 cores)")
     if cuda and ceiling:
         figure += (f"; {rate / ceiling['media_s_per_s']:.2f} of encoding alone "
                    f"({ceiling['media_s_per_s']:.0f} media-s/s); video decoder "
@@ -441,6 +457,7 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
                 f"{args.executor} executor, {videos * args.copies} x {seconds:g}-s {args.size} videos",
                 figure, {"media_s_per_s": rate, "decode_alone_media_s_per_s": decode["media_s_per_s"],
                          "encode_alone_media_s_per_s": ceiling and ceiling["media_s_per_s"],
+                         "cpu_overhead": ceiling and overhead(decode, pipe),
                          "video_decoder": settings.video_decoder,
                          "wall_s": pipe["wall_s"], "gpu_busy_s": pipe.get("gpu_busy_s"),
                          "stage_seconds": dict(report.stage_seconds)}, gpu=gpu)
