@@ -335,3 +335,11 @@ def test_a_video_nvdec_fails_on_is_decoded_on_the_cpu_instead(media, decode_sett
     for ours, theirs in zip(got, [cpu.at(t) for t in targets], strict=True):
         assert ours.time_s == theirs.time_s
         np.testing.assert_array_equal(ours.pixels, theirs.pixels)
+
+
+def test_a_duration_over_the_limit_is_rejected(media, decode_settings):
+    limited = decode_settings.model_copy(update={"max_media_duration_s": 4.0})
+    out = decode(media, "colour_mp4", limited)  # 6 s
+    assert not of(out, Modality.VISION) and not of(out, Modality.AUDIO)
+    (rejected,) = [o for o in out if isinstance(o, Rejected)]
+    assert "max_media_duration_s" in rejected.reason

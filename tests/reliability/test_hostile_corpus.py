@@ -112,8 +112,13 @@ def broken_media(good: dict[str, bytes], work: Path) -> dict[str, tuple[bytes, s
         "broken/wrong_tag.mp4": (patch_mp4_codec_tag(clip), EITHER),
         "broken/huge.png": (png_header_only(100_000, 100_000), REJECTED),
         "broken/huge_dims.mp4": (patch_mp4_dimensions(clip), EITHER),
-        "broken/forever.mp4": (patch_mp4_duration(clip), REJECTED),
-        "broken/forever.m4a": (patch_mp4_duration(m4a), REJECTED),
+        # A movie header claiming 136 years: libav 8 (PyAV's, the in-process probe) takes
+        # the tracks' true durations and the clip is stored as what it is; an older
+        # ffprobe believes the claim, and max_media_duration_s refuses it. Either way no
+        # window is made for the claim (the limit itself: test_decode_*'s
+        # test_a_duration_over_the_limit_is_rejected).
+        "broken/forever.mp4": (patch_mp4_duration(clip), EITHER),
+        "broken/forever.m4a": (patch_mp4_duration(m4a), EITHER),
         "broken/forever.imu.csv": (imu_rows.encode(), REJECTED),
         "broken/empty_stream.wav": (wav_header_only(), REJECTED),
         "broken/no_streams.mkv": (b";FFMETADATA1\ntitle=nothing\n", REJECTED),
@@ -213,7 +218,7 @@ def test_hostile_archive_through_the_pipeline(good, good_points, tmp_path: Path,
     for name in HOSTILE_REJECTED:
         assert _rejected(name, reasons), f"{name!r} was not rejected: {sorted(reasons)}"
     forever = [r for n, r in reasons.items() if "forever" in n]
-    assert len(forever) == 3 and all("max_media_duration_s" in r for r in forever)
+    assert len(forever) >= 1 and all("max_media_duration_s" in r for r in forever)
     assert not Path(ABSOLUTE_TARGET).exists()
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil2.txt").exists()
     assert elapsed < 300 and rss.growth < MAX_RSS_GROWTH
