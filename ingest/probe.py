@@ -129,13 +129,11 @@ def forget_kept() -> None:
 def probe_for(path: Path, settings: Any) -> MediaInfo:
     """``probe`` as ``settings`` (``schemas.Settings``) ask: in an ffprobe process when the
     video decoder is ffmpeg's (no libav code in the worker), else in this process."""
-    return probe(path, settings.ffmpeg_timeout_s, isolated=libav_isolated(settings))
+    return probe(path, settings.ffmpeg_timeout_s, isolated=probe_isolated(settings))
 
 
-def libav_isolated(settings: Any) -> bool:
-    """Whether ``settings`` keep libav out of the worker: probes in an ffprobe process and
-    audio decoded by an ffmpeg process (``MEDIABIND_VIDEO_DECODER=ffmpeg``; see the
-    module doc), else both run in this process with PyAV."""
+def probe_isolated(settings: Any) -> bool:
+    """Whether ``settings`` want probes in an ffprobe process (see the module doc)."""
     return settings.video_decoder == "ffmpeg"
 
 

@@ -91,15 +91,14 @@ class Settings(BaseSettings):
     max_nesting: int = Field(2, ge=0, description="How deep nested archives are followed.")
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
     ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call "
-                                    "(and of one batch of frames or one file's audio decoded "
-                                    "in-process by PyAV; a probe in process is bounded by "
-                                    "libav's probe size instead).")
+                                    "(and of one batch of frames decoded in-process by PyAV; a "
+                                    "probe in process is bounded by libav's probe size instead).")
     video_decoder: Literal["auto", "nvdec", "pyav", "ffmpeg"] = Field(
         "auto", description="Where a video's chosen frames are decoded: nvdec (the GPU's video "
         "decoder, PyNvVideoCodec; H.264/HEVC/AV1), pyav (in this process, one open container "
-        "per batch) or ffmpeg (a process per batch of seeks; then probes and audio run in "
-        "ffprobe and ffmpeg processes too, so no libav code runs in the worker, where "
-        "otherwise PyAV runs them in process). auto = nvdec where this process "
+        "per batch) or ffmpeg (a process per batch of seeks; probes then run in ffprobe "
+        "processes too, so no libav code runs in the worker, where otherwise PyAV probes in "
+        "process). auto = nvdec where this process "
         "sees a GPU with it and the codec is one it takes, else pyav when installed, else "
         "ffmpeg. Not part of the segment policy: all take the frames at the window's times "
         "(nvdec's resize to 224 differs slightly).")

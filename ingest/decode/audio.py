@@ -1,9 +1,7 @@
 """Audio (and video soundtracks) → float32 mono 16 kHz windows.
 
-The decoder (PyAV in this process, ``pyav_audio``; or an ffmpeg process with
-``-ac 1 -ar 16000 -f f32le`` on a pipe when ``MEDIABIND_VIDEO_DECODER=ffmpeg`` keeps
-libav out of the worker) streams the samples, which are cut into the windows as
-they arrive, so an hour of
+ffmpeg decodes any format it reads to ``-ac 1 -ar 16000 -f f32le`` on a pipe; the
+samples are streamed and cut into the windows as they arrive, so an hour of
 audio (230 MB as float32) is never held at once: memory stays at about one
 window plus one read chunk.
 
@@ -27,10 +25,9 @@ from collections.abc import Iterator
 import ffmpeg
 import numpy as np
 
-from ingest.decode import pyav_audio
 from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
 from ingest.ffmpeg_run import FFMPEG_QUIET, FFmpegError, stream_stdout
-from ingest.probe import MediaInfo, libav_isolated, probe_for
+from ingest.probe import MediaInfo, probe_for
 from schemas import Kind, Modality, Segment
 
 SAMPLE_RATE = 16_000
@@ -68,17 +65,12 @@ def decode_probed_audio(job: DecodeJob, info: MediaInfo,
 
 
 def pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:
-    """The first audio stream as float32 mono 16 kHz chunks: decoded in this process
-    (``pyav_audio``), or by an ffmpeg process where the settings keep libav out of the
-    worker (``MEDIABIND_VIDEO_DECODER=ffmpeg``) or PyAV is missing."""
-    if pyav_audio.available() and not libav_isolated(job.settings):
-        return pyav_audio.pcm_chunks(job.path, SAMPLE_RATE, CHUNK_SAMPLES,
-                                     job.settings.ffmpeg_timeout_s)
-    return ffmpeg_pcm_stream(job)
+    """The first audio stream as float32 mono 16 kHz chunks, from an ffmpeg process.
 
-
-def ffmpeg_pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:
-    """The first audio stream as float32 mono 16 kHz chunks, from an ffmpeg process."""
+    A process and not PyAV in this one, measured both ways: in process the same samples
+    cost less CPU for one file alone, but the loop over frames holds the GIL, and beside
+    the decode threads' frame extraction it made decoding slower, where the process runs
+    in parallel (the issue note of #11 has the figures)."""
     out = ffmpeg.input(str(job.path))["a:0"].output(
         "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
     args = out.global_args(*FFMPEG_QUIET).compile()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ingest.kinds import Detection, classify
 from ingest.manifest import ManifestRow
-from ingest.probe import libav_isolated
+from ingest.probe import probe_isolated
 from ingest.sources.members import ContainerEnd, RawMember, Sidecar, SourceEntry
 from ingest.sources.readers import archive_reader
 from ingest.sources.safety import (
@@ -211,7 +211,7 @@ def _detect(state: RunState, member: str, spooled: Spooled, row: ManifestRow | N
         return known
     return classify(member, spooled.head, spooled.path,
                     probe_timeout_s=state.settings.ffmpeg_timeout_s,
-                    probe_isolated=libav_isolated(state.settings), home=state.settings.home)
+                    probe_isolated=probe_isolated(state.settings), home=state.settings.home)
 
 
 def read_sidecar(member: str, location: str, spooled: Spooled) -> Sidecar:
