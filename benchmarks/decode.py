@@ -140,7 +140,7 @@ def compare(root: Path, seconds: float, settings: Settings) -> list[dict[str, An
     for p in probes:
         print(f"probe of {p['file']}: {p['in_process_ms']:.1f} CPU-ms in process (PyAV) against "
               f"{p['ffprobe_ms']:.1f} for an ffprobe process: "
-              f"{p['ffprobe_ms'] / p['in_process_ms']:.0f}x less")
+              f"{p['ffprobe_ms'] / max(p['in_process_ms'], 1e-6):.0f}x less")
     return rows, probes
 
 

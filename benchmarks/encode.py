@@ -218,9 +218,10 @@ def add_flops(row: dict, config: ImageBindConfig, peak_tflops: float | None,
               flush=True)
 
 
-def gemm_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
+def gemm_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 100) -> float:
     """TFLOP/s of an n x n x n matrix product in ``dtype`` on ``device`` (CUDA events; the
     mean of ``reps`` products after three warm-ups, random data)."""
+    torch.cuda.set_device(device)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b

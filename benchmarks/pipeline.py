@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import resource
 import shutil
@@ -40,6 +41,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,22 +109,24 @@ def decode_alone(archive: Path, settings: Settings) -> dict[str, float]:
     started, cpu = time.perf_counter(), cpu_seconds()
     entries = [e for e in iter_source(str(archive), settings) if not isinstance(e, Rejected)]
 
-    def one(entry) -> tuple[float, int, int, int, int]:
-        media, segments, nbytes, packed, finished = 0.0, 0, 0, 0, 0
+    def one(entry) -> tuple[float, int, int, int, int, float]:
+        media, segments, nbytes, packed, finished, finish_cpu = 0.0, 0, 0, 0, 0, 0.0
         try:
             for event in decode_events(entry.item, entry.path, settings.policy, settings,
                                        count_tokens):
                 if isinstance(event, Segment):
                     segments += 1
                     nbytes += getattr(event.data, "nbytes", 0)
+                    before = time.thread_time()
                     model_input = to_model_input(event, options)
+                    finish_cpu += time.thread_time() - before
                     finished += model_input.element_size() * model_input.nelement()
                     packed += preparer(event).nbytes
                 elif hasattr(event, "duration_s"):
                     media = event.duration_s or 0.0
         finally:
             entry.release()
-        return media, segments, nbytes, packed, finished
+        return media, segments, nbytes, packed, finished, finish_cpu
 
     with ThreadPoolExecutor(settings.decode_workers) as pool:
         results = list(pool.map(one, entries))
@@ -131,7 +135,8 @@ def decode_alone(archive: Path, settings: Settings) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "media_s": media, "media_s_per_s": media / wall,
             "segments": sum(r[1] for r in results), "decoded_bytes": sum(r[2] for r in results),
             "packed_bytes": sum(r[3] for r in results),
-            "finished_bytes": sum(r[4] for r in results)}
+            "finished_bytes": sum(r[4] for r in results),
+            "finish_cpu_s": sum(r[5] for r in results)}  # the recipe on the CPU, within cpu_s
 
 
 # --- 2. encode alone ------------------------------------------------------------------------
@@ -165,6 +170,11 @@ def encode_alone(archive: Path, settings: Settings, encoder: Encoder, threads: i
     again and again by ``threads`` threads for at least ``min_s`` seconds; media-s/s
     counts each round as that video's duration."""
     packs, media = first_video(archive, settings)
+    # As many copies of the video as fill every modality's batch, as the pipeline's are.
+    counts = Counter(Modality(p.segment.modality).value for p in packs)
+    budgets = {Modality(m).value: n for m, n in encoder.batch_sizes.items()}
+    copies = max((math.ceil(budgets.get(m, n) / n) for m, n in counts.items()), default=1)
+    packs, media = packs * copies, media * copies
     encoder.encode_prepared(packs)  # warm: every layout built once
     rounds, lock, started, cpu = [0], threading.Lock(), time.perf_counter(), cpu_seconds()
 
@@ -179,7 +189,7 @@ def encode_alone(archive: Path, settings: Settings, encoder: Encoder, threads: i
             future.result()
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     return {"media_s_per_s": rounds[0] * media / wall, "rounds": rounds[0], "wall_s": wall,
-            "segments": len(packs), "media_s": media,
+            "segments": len(packs), "media_s": media, "copies": copies,
             "cpu_s_per_media_s": cpu / max(rounds[0] * media, 1e-9)}
 
 
@@ -323,10 +333,13 @@ def run_pipeline(archive: Path, settings: Settings, args: argparse.Namespace) ->
 
 
 def overhead(decode: dict, pipe: dict) -> dict[str, float]:
-    """The pipeline's CPU per media-second against its parts' measured alone."""
+    """The pipeline's CPU per media-second against its parts' measured alone: decode and
+    pack (decode alone less its CPU finishing, which the pipeline does on the encoder's
+    device instead), plus finishing and encoding alone."""
     media = pipe["report"].media_seconds
     mine = pipe["cpu_s"] / max(media, 1e-9)
-    parts = decode["cpu_s"] / max(decode["media_s"], 1e-9) + pipe["encode_alone"]["cpu_s_per_media_s"]
+    decode_and_pack = decode["cpu_s"] - decode["finish_cpu_s"]
+    parts = decode_and_pack / max(decode["media_s"], 1e-9) + pipe["encode_alone"]["cpu_s_per_media_s"]
     return {"pipeline": mine, "parts": parts, "ratio": mine / parts}
 
 
@@ -344,7 +357,8 @@ def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -
           f"finished float32 model input")
     print(f"pipeline ({executor}, {settings.preset}, {settings.device}/{settings.dtype}): "
           f"{media_rate:.2f} media s/s ({pipe['wall_s']:.1f} s, {pipe['cpu_s']:.1f} CPU-s), "
-          f"{report.points_written} points")
+          f"{report.points_written} points; videos decoded by "
+          + (", ".join(f"{k} {v}" for k, v in sorted(report.video_decoders.items())) or "none"))
     print(f"ratio pipeline / (decode + preprocessing alone): "
           f"{media_rate / decode['media_s_per_s']:.2f} (goal on a CPU >= 0.9)")
     if pipe.get("encode_alone"):
@@ -440,11 +454,11 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
     ceiling = pipe.get("encode_alone")
     if not cuda and ceiling:
         figure += (f"; CPU per media-s {overhead(decode, pipe)['ratio']:.2f}x decode alone "
-                   f"plus encode alone (the two share 2 cores)")
+                   f"plus encode alone (the two share {os.cpu_count()} cores)")
     if cuda and ceiling:
+        used = ", ".join(f"{k} {v}" for k, v in sorted(report.video_decoders.items()))
         figure += (f"; {rate / ceiling['media_s_per_s']:.2f} of encoding alone "
-                   f"({ceiling['media_s_per_s']:.0f} media-s/s); video decoder "
-                   f"{settings.video_decoder}")
+                   f"({ceiling['media_s_per_s']:.0f} media-s/s); videos decoded by {used or 'none'}")
     if cuda and pipe.get("gpu_busy_s") is not None:
         figure += f"; GPU busy {pipe['gpu_busy_s'] / pipe['wall_s']:.0%} (CUDA events)"
     gpu = None
@@ -459,6 +473,7 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
                          "encode_alone_media_s_per_s": ceiling and ceiling["media_s_per_s"],
                          "cpu_overhead": ceiling and overhead(decode, pipe),
                          "video_decoder": settings.video_decoder,
+                         "video_decoders_used": dict(report.video_decoders),
                          "wall_s": pipe["wall_s"], "gpu_busy_s": pipe.get("gpu_busy_s"),
                          "stage_seconds": dict(report.stage_seconds)}, gpu=gpu)
 

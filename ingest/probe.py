@@ -25,7 +25,9 @@ pass over its packets) and is asked by the frame decoders.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -133,8 +135,9 @@ def probe_for(path: Path, settings: Any) -> MediaInfo:
 
 
 def probe_isolated(settings: Any) -> bool:
-    """Whether ``settings`` want probes in an ffprobe process (see the module doc)."""
-    return settings.video_decoder == "ffmpeg"
+    """Whether ``settings`` want probes in an ffprobe process (see the module doc): when
+    the video decoder is ffmpeg's, or where PyAV is not installed."""
+    return settings.video_decoder == "ffmpeg" or importlib.util.find_spec("av") is None
 
 
 def _identity(path: Path, isolated: bool) -> tuple[str, int, int, int, bool] | None:
@@ -163,22 +166,33 @@ def _run_ffprobe(path: Path, timeout_s: float) -> MediaInfo:
 def _probe_here(path: Path) -> MediaInfo:
     """The same MediaInfo as ffprobe's, from PyAV in this process. The rotation comes from
     the first video frame's display matrix (PyAV shows no stream side data), so a video
-    stream costs the decode of one frame."""
+    stream costs the decode of one frame, looked for in at most ``ROTATION_PACKETS``."""
     import av
 
     _keep_libav_errors()
     name = Path(path).name
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise ProbeError(f"could not read {name} as media: {_libav_words(e)}") from None
-    with container:
+    with av.logging.Capture(local=True) as logged:  # this thread's libav errors only
+        try:
+            return _read_here(path)
+        except ProbeError:
+            raise
+        except Exception as e:  # whatever a hostile file makes libav or PyAV raise
+            raise ProbeError(f"could not read {name} as media: "
+                             f"{_libav_words(e, logged)}") from None
+
+
+def _read_here(path: Path) -> MediaInfo:
+    import av
+
+    with av.open(str(path), metadata_errors="ignore") as container:
         streams = list(container.streams)
         video_stream = next((s for s in streams if _is_real_video_here(s)), None)
         audio_stream = next((s for s in streams if s.type == "audio"), None)
         video = None
-        if video_stream is not None:
-            video = _video_here(video_stream, _first_rotation(container, video_stream))
+        if video_stream is not None:  # sizes as the container says, before any decode
+            video = _video_here(video_stream)
+            rotation = _first_rotation(container, video_stream)
+            video = dataclasses.replace(video, rotation=rotation)
         audio = _audio_here(audio_stream) if audio_stream is not None else None
         duration = _positive(container.duration / 1_000_000) if container.duration else None
         format_name = container.format.name
@@ -188,22 +202,27 @@ def _probe_here(path: Path) -> MediaInfo:
     return MediaInfo(format_name, duration, video, audio, len(streams))
 
 
-def _libav_words(exc: BaseException) -> str:
-    """libav's reason, then its last logged error (``moov atom not found``), as ffprobe's
-    stderr would say them."""
-    words = getattr(exc, "strerror", None) or str(exc)
-    log = getattr(exc, "log", None)
-    if log and len(log) == 3 and str(log[2]).strip():
-        words = f"{words} ({str(log[2]).strip()})"
-    return words
+def _libav_words(exc: BaseException, logged: list[tuple[int, str, str]]) -> str:
+    """The error's words, then libav's last error this thread logged (``moov atom not
+    found``), as ffprobe's stderr would say them. PyAV holds back a message that repeats
+    the one before it, so a file failing as the last one did falls back to the error PyAV
+    kept with the exception (process-wide: under concurrent probes, possibly another
+    file's words, which only the message would show)."""
+    words = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    last = next((m.strip() for _level, _name, m in reversed(logged) if m.strip()), None)
+    kept = getattr(exc, "log", None)
+    if last is None and kept and len(kept) == 3 and str(kept[2]).strip():
+        last = str(kept[2]).strip()
+    return f"{words} ({last})" if last else words
 
 
 @functools.cache
 def _keep_libav_errors() -> None:
-    """Have PyAV keep libav's last error message (it then rides on the exception), once
-    per process. PyAV passes what it keeps on to Python's ``libav`` logger: that logger
-    prints nothing unless the application configures it, as before, when libav logged
-    nothing at all."""
+    """Let libav's error messages reach PyAV, once per process, so that each probe can
+    capture its own thread's (``av.logging.Capture``). PyAV passes what reaches it on to
+    Python's ``libav`` logger: that logger prints nothing unless the application
+    configures it, as before, when libav logged nothing at all. Only errors are passed,
+    so the cost falls on damaged files alone."""
     import av.logging
 
     if av.logging.get_level() is None:
@@ -220,17 +239,32 @@ def _is_real_video_here(stream: Any) -> bool:
     return stream.type == "video" and not stream.disposition & av.stream.Disposition.attached_pic
 
 
+ROTATION_PACKETS = 256  # packets read for the first frame's rotation, at most
+
+
 def _first_rotation(container: Any, stream: Any) -> int:
     """The rotation of the stream's first decodable frame, as ffprobe reports the stream's
-    display matrix; the legacy ``rotate`` tag where no frame says. 0 when no frame decodes
-    (the frame decoders then say what is wrong)."""
+    display matrix; else the legacy ``rotate`` tag. Bounded: at most ``ROTATION_PACKETS``
+    packets, one decoder thread; 0 when no frame comes (the frame decoders then say what
+    is wrong)."""
     import av
 
-    try:
-        for frame in container.decode(stream):
-            return int(round(frame.rotation)) % 360
-    except (av.FFmpegError, OSError, ValueError):
-        pass
+    context = stream.codec_context
+    rotation = 0
+    if context is not None:
+        context.thread_count = 1  # decode workers are the parallelism
+        try:
+            for count, packet in enumerate(container.demux(stream)):
+                frames = packet.decode()
+                if frames:
+                    rotation = int(round(frames[0].rotation)) % 360
+                    break
+                if count >= ROTATION_PACKETS:
+                    break
+        except (av.FFmpegError, OSError, ValueError):
+            pass
+    if rotation:
+        return rotation
     tag = stream.metadata.get("rotate")
     try:
         return int(round(float(tag))) % 360 if tag else 0
@@ -238,16 +272,16 @@ def _first_rotation(container: Any, stream: Any) -> int:
         return 0
 
 
-def _video_here(s: Any, rotation: int) -> VideoStreamInfo:
-    cc = s.codec_context
+def _video_here(s: Any) -> VideoStreamInfo:
+    cc = s.codec_context  # None where this libav has no decoder for the codec
     return VideoStreamInfo(
         index=s.index,
         codec=_codec_name(s),
-        coded_width=int(cc.width or 0),
-        coded_height=int(cc.height or 0),
-        rotation=rotation,
+        coded_width=int(cc.width or 0) if cc is not None else 0,
+        coded_height=int(cc.height or 0) if cc is not None else 0,
+        rotation=0,
         fps=_rate_of(s.average_rate) or _rate_of(s.base_rate),
-        frames=int(s.frames) if s.frames else None,
+        frames=int(s.frames) if s.frames and s.frames > 0 else None,
         duration_s=_stream_seconds(s),
     )
 
@@ -257,14 +291,14 @@ def _audio_here(s: Any) -> AudioStreamInfo:
     return AudioStreamInfo(
         index=s.index,
         codec=_codec_name(s),
-        sample_rate=int(cc.sample_rate) or None,
-        channels=int(cc.channels) or None,
+        sample_rate=(int(cc.sample_rate) or None) if cc is not None else None,
+        channels=(int(cc.channels) or None) if cc is not None else None,
         duration_s=_stream_seconds(s),
     )
 
 
 def _codec_name(s: Any) -> str:
-    codec = s.codec_context.codec
+    codec = s.codec_context.codec if s.codec_context is not None else None
     return codec.canonical_name if codec is not None else "?"
 
 

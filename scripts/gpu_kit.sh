@@ -10,8 +10,8 @@
 # Then, on the device, part a and at once part b (the machine stays warm 30 s between
 # calls, and b uses what a installed); benchmarks/gpu_session.py says what each runs:
 #
-#   carry [".gpu/a"]: bash benchmarks/gpu_session.sh a
-#   carry [".gpu/b"]: bash benchmarks/gpu_session.sh b
+#   carry [".gpu/a"]: PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py a
+#   carry [".gpu/b"]: PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py b
 #
 # Versions are the ones this checkout's .venv holds (scripts/setup.sh dev), so the
 # device runs what the tests here ran. Needs the package registry (PyPI), ~1 min.

@@ -318,10 +318,12 @@ def patch_mp4_duration(data: bytes, seconds: int = 0xFFFFFFFF) -> bytes:
 
 
 def patch_mp4_codec_tag(data: bytes, old: bytes = b"avc1", new: bytes = b"zzzz") -> bytes:
-    """An mp4 whose sample entry names a codec that does not exist."""
-    if old not in data:
+    """An mp4 whose sample entry names a codec that does not exist (the entry in ``stsd``,
+    not the same four letters among the file type's compatible brands)."""
+    at = data.find(old, max(data.find(b"stsd"), 0))
+    if at < 0 or data.find(b"stsd") < 0:
         raise ValueError(f"no {old!r} sample entry")
-    return data.replace(old, new, 1)
+    return data[:at] + new + data[at + len(old):]
 
 
 def patch_mp4_dimensions(data: bytes, width: int = 60000, height: int = 60000) -> bytes:

@@ -116,3 +116,19 @@ def test_a_file_is_probed_once_until_it_changes(media, tmp_path):
     assert probe(path) == first and probing.launches[str(path)] == 1
     shutil.copyfile(media.get("colour_mkv"), path)  # other bytes at the same path
     assert probe(path).format_name != first.format_name and probing.launches[str(path)] == 2
+
+
+def test_a_stream_no_decoder_reads_is_described_not_raised(media, tmp_path):
+    """A codec this libav has no decoder for: PyAV gives the stream no codec context; the
+    probe still says what the container holds (the decoders then refuse it)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hostile import patch_mp4_codec_tag
+
+    path = tmp_path / "unknown_codec.mp4"
+    path.write_bytes(patch_mp4_codec_tag(media.get("colour_mp4").read_bytes()))
+    here, by_ffprobe = probe(path), probe(path, isolated=True)
+    assert here.video.codec == by_ffprobe.video.codec == "?"
+    assert here.audio == by_ffprobe.audio and math.isclose(here.duration_s, by_ffprobe.duration_s)
