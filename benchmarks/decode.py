@@ -10,7 +10,9 @@ converted); ours is ``ingest.decode.decode_item`` with the default policy
 (2-s windows: two frames per window and the 16-kHz soundtrack), once per frame
 backend (``MEDIABIND_VIDEO_DECODER``: PyAV in-process, ffmpeg processes), each with
 the file's one probe (in process with PyAV; an ffprobe process with ffmpeg's
-backend), and the probe alone both ways. CPU
+backend), the probe alone both ways, and the soundtrack alone both ways
+(``MEDIABIND_AUDIO_DECODER``: PyAV in process, an ffmpeg process; the rows use
+the process). CPU
 time is this process plus its ffmpeg children (``RUSAGE_CHILDREN``), so it
 counts the work on every core. The last columns give the bytes per window that
 cross to the encoder: the packed clip (uint8 frames) and, for comparison, the
@@ -44,6 +46,8 @@ import bench_record as record  # noqa: E402
 from embed_workers.prepare import Preparer  # noqa: E402
 from embed_workers.preprocess import PreprocessOptions, to_model_input  # noqa: E402
 from ingest.decode import decode_item  # noqa: E402
+from ingest.decode.audio import SAMPLE_RATE, pcm_stream  # noqa: E402
+from ingest.decode.base import DecodeJob  # noqa: E402
 from ingest.probe import forget_kept, probe  # noqa: E402
 from schemas import Kind, MediaItem, Modality, Rejected, Segment, SegmentPolicy, Settings  # noqa: E402
 
@@ -100,6 +104,25 @@ def probe_cpu_ms(path: Path, rounds: int = 10) -> tuple[float, float]:
     return spent[False] / rounds * 1e3, spent[True] / rounds * 1e3
 
 
+def audio_cpu_ms(path: Path, settings: Settings, seconds: float, rounds: int = 3
+                 ) -> tuple[float, float]:
+    """CPU-ms per media-second of the soundtrack alone, 16-kHz mono as the windows take
+    it: PyAV in this process and an ffmpeg process (``MEDIABIND_AUDIO_DECODER``),
+    alternated, one file at a time."""
+    item = MediaItem(path.name, str(path.parent), path.name, path.stat().st_size, Kind.VIDEO)
+    spent = {"pyav": 0.0, "ffmpeg": 0.0}
+    for _ in range(rounds):
+        for decoder in spent:
+            job = DecodeJob(item, path, settings.policy,
+                            settings.model_copy(update={"audio_decoder": decoder}))
+            before = cpu_seconds()
+            samples = sum(len(chunk) for chunk in pcm_stream(job))
+            spent[decoder] += cpu_seconds() - before
+            if samples < 0.9 * seconds * SAMPLE_RATE:
+                raise SystemExit(f"{decoder} decoded {samples} samples of {path.name}")
+    return tuple(spent[d] / rounds / seconds * 1e3 for d in ("pyav", "ffmpeg"))
+
+
 def window_bytes(clips: list[Segment], settings: Settings) -> tuple[float, float]:
     """Mean MB per window that cross to the encoder: packed now, finished float32 crops
     before (half that in reduced-precision runs, which crossed as float16)."""
@@ -121,9 +144,14 @@ def compare(root: Path, seconds: float, settings: Settings) -> list[dict[str, An
         duration = probe(path).duration_s or seconds
         baseline = full_decode_cpu(path)
         here_ms, ffprobe_ms = probe_cpu_ms(path)
-        probes.append({"file": name, "in_process_ms": here_ms, "ffprobe_ms": ffprobe_ms})
+        audio_here, audio_process = audio_cpu_ms(path, settings, duration)
+        probes.append({"file": name, "in_process_ms": here_ms, "ffprobe_ms": ffprobe_ms,
+                       "audio_in_process_ms_per_media_s": audio_here,
+                       "audio_process_ms_per_media_s": audio_process})
         for decoder, sampling in ROWS:
-            chosen = settings.model_copy(update={"video_decoder": decoder,
+            # The soundtrack in an ffmpeg process in every row (the local executor's
+            # choice beside its decode threads); PyAV's in-process audio is measured apart.
+            chosen = settings.model_copy(update={"video_decoder": decoder, "audio_decoder": "ffmpeg",
                                                  "video_sampling": sampling})
             ours, segments, clips = ours_cpu(path, chosen)
             packed, before = window_bytes(clips, chosen)
@@ -141,7 +169,15 @@ def compare(root: Path, seconds: float, settings: Settings) -> list[dict[str, An
         print(f"probe of {p['file']}: {p['in_process_ms']:.1f} CPU-ms in process (PyAV) against "
               f"{p['ffprobe_ms']:.1f} for an ffprobe process: "
               f"{p['ffprobe_ms'] / max(p['in_process_ms'], 1e-6):.0f}x less")
+        print(f"soundtrack of {p['file']}: {p['audio_in_process_ms_per_media_s']:.2f} CPU-ms per "
+              f"media-s in process (PyAV) against {p['audio_process_ms_per_media_s']:.2f} for an "
+              f"ffmpeg process: {audio_ratio(p):.1f}x less")
     return rows, probes
+
+
+def audio_ratio(probe_row: dict[str, Any]) -> float:
+    return probe_row["audio_process_ms_per_media_s"] / max(
+        probe_row["audio_in_process_ms_per_media_s"], 1e-6)
 
 
 def sentence(rows: list[dict[str, Any]], probes: list[dict[str, Any]]) -> str:
@@ -159,7 +195,8 @@ def sentence(rows: list[dict[str, Any]], probes: list[dict[str, Any]]) -> str:
             f"{first['mb_per_window']:.2f} MB per window cross to the encoder "
             f"({first['mb_per_window_before']:.2f} MB as finished crops); a probe costs "
             f"{probes[0]['in_process_ms']:.1f} CPU-ms in process, {probes[0]['ffprobe_ms']:.0f} "
-            f"as an ffprobe process")
+            f"as an ffprobe process; the soundtrack {audio_ratio(probes[0]):.1f}x less CPU "
+            f"decoded in process than by an ffmpeg process")
 
 
 def archive_memory(root: Path, gigabytes: float, settings: Settings) -> None:

@@ -340,7 +340,10 @@ def overhead(decode: dict, pipe: dict) -> dict[str, float]:
     mine = pipe["cpu_s"] / max(media, 1e-9)
     decode_and_pack = decode["cpu_s"] - decode["finish_cpu_s"]
     parts = decode_and_pack / max(decode["media_s"], 1e-9) + pipe["encode_alone"]["cpu_s_per_media_s"]
-    return {"pipeline": mine, "parts": parts, "ratio": mine / parts}
+    # Decode alone's CPU per media-s over the pipeline's: where decode alone already
+    # keeps the cores busy, the pipeline's ratio to it can reach only about this.
+    share = decode["cpu_s"] / max(decode["media_s"], 1e-9) / mine
+    return {"pipeline": mine, "parts": parts, "ratio": mine / parts, "decode_share": share}
 
 
 def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -> None:
@@ -368,6 +371,9 @@ def print_results(decode: dict, pipe: dict, settings: Settings, executor: str) -
               f"{overhead(decode, pipe)['parts']:.4f} for decode alone plus encode alone: "
               f"{overhead(decode, pipe)['ratio']:.2f}x (the pipeline's own cost; on a CPU the "
               f"two share the cores, so the ratio above is at most decode's share)")
+        print(f"decode's share of the pipeline's CPU: {overhead(decode, pipe)['decode_share']:.2f} "
+              f"(decode alone's CPU per media-s over the pipeline's; with the cores busy in both, "
+              f"the ratio to decode alone is bound by it)")
     stages = report.stage_seconds
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     # The decode threads/tasks also pack (checks, uint8 frames); the encoder finishes.
@@ -454,7 +460,8 @@ def keep(decode: dict, pipe: dict, settings: Settings, args: argparse.Namespace,
     ceiling = pipe.get("encode_alone")
     if not cuda and ceiling:
         figure += (f"; CPU per media-s {overhead(decode, pipe)['ratio']:.2f}x decode alone "
-                   f"plus encode alone (the two share {os.cpu_count()} cores)")
+                   f"plus encode alone (the two share {os.cpu_count()} cores); decode's share "
+                   f"of the pipeline's CPU {overhead(decode, pipe)['decode_share']:.2f}")
     if cuda and ceiling:
         used = ", ".join(f"{k} {v}" for k, v in sorted(report.video_decoders.items()))
         figure += (f"; {rate / ceiling['media_s_per_s']:.2f} of encoding alone "

@@ -101,13 +101,13 @@ def start_cluster(nodes: int):
     return cluster
 
 
-def one_run(folder: Path, home: Path, nodes: int) -> dict[str, float]:
+def one_run(folder: Path, home: Path, nodes: int, audio: str = "auto") -> dict[str, float]:
     import ray
 
     cluster = start_cluster(nodes)
     settings = Settings(home=home, preset="imagebind_tiny", store="edge", device="cpu",
                         dtype="float32", decode_workers=nodes, encode_actors=nodes,
-                        shard_files=1, optimize_after_points=0)
+                        shard_files=1, optimize_after_points=0, audio_decoder=audio)
     try:
         with open_store(settings) as store:
             store.ensure_collection(preset_model_id(settings.preset), settings.policy)
@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2],
                         help="worker-node counts to run (the ratio needs 1 and 2)")
+    parser.add_argument("--audio-decoders", default="auto",
+                        help="MEDIABIND_AUDIO_DECODER per run; a list (auto,ffmpeg) runs each "
+                             "node count once per value and prints their ratio (auto: PyAV "
+                             "in each decode actor)")
     record.add_flag(parser)
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -147,17 +151,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_videos(Path(tmp) / "videos", args.videos, args.seconds)
         make_videos(Path(tmp) / "warm", 1, 1.0)
-        runs = {n: one_run(folder, Path(tmp) / f"home{n}", n) for n in args.nodes}
-    for n, r in runs.items():
-        print(f"{n} worker node(s): {r['media_s_per_s']:.2f} media-s/s ({r['media']:.0f} media-s "
-              f"in {r['wall']:.1f} s; decode on {r['decode_nodes']} node(s)); driver "
-              f"{r['driver_cpu_per_media_s'] * 1000:.1f} CPU-ms and "
-              f"{r['driver_bytes_per_media_s']:.0f} bytes read per media-s; unchanged rerun "
-              f"{r['rerun']:.2f} s ({r['rerun'] / r['wall']:.3f}x the first run)")
+        audios = args.audio_decoders.split(",")
+        by_audio = {a: {n: one_run(folder, Path(tmp) / f"home{n}-{a}", n, a) for n in args.nodes}
+                    for a in audios}
+    for audio, runs in by_audio.items():
+        if len(audios) > 1:
+            print(f"--- MEDIABIND_AUDIO_DECODER={audio}")
+        report_runs(runs)
+    for n in args.nodes if len(audios) > 1 else ():
+        rates = [by_audio[a][n]["media_s_per_s"] for a in audios]
+        print(f"{n} worker node(s), audio {audios[0]} / {audios[1]}: {rates[0] / rates[1]:.2f}x")
+    runs = by_audio[audios[0]]
     if 1 not in runs or 2 not in runs:
         return
     ratio = runs[2]["media_s_per_s"] / runs[1]["media_s_per_s"]
-    print(f"2 nodes / 1 node: {ratio:.2f}x (parallel efficiency {ratio / 2:.0%})")
     if args.record:
         one, two = runs[1], runs[2]
         record.save("scale", "Ray executor, 1 and 2 worker nodes of one core each, tiny model",
@@ -167,7 +174,19 @@ def main() -> None:
                     f"{two['driver_cpu_per_media_s'] * 1000:.1f} CPU-ms and "
                     f"{two['driver_bytes_per_media_s']:.0f} bytes read per media-s; an "
                     f"unchanged rerun {two['rerun'] / two['wall']:.3f}x the first run's time",
-                    {"runs": runs, "ratio": ratio})
+                    {"runs": runs, "ratio": ratio, "audio_decoder": audios[0]})
+
+
+def report_runs(runs: dict[int, dict[str, float]]) -> None:
+    for n, r in runs.items():
+        print(f"{n} worker node(s): {r['media_s_per_s']:.2f} media-s/s ({r['media']:.0f} media-s "
+              f"in {r['wall']:.1f} s; decode on {r['decode_nodes']} node(s)); driver "
+              f"{r['driver_cpu_per_media_s'] * 1000:.1f} CPU-ms and "
+              f"{r['driver_bytes_per_media_s']:.0f} bytes read per media-s; unchanged rerun "
+              f"{r['rerun']:.2f} s ({r['rerun'] / r['wall']:.3f}x the first run)")
+    if 1 in runs and 2 in runs:
+        ratio = runs[2]["media_s_per_s"] / runs[1]["media_s_per_s"]
+        print(f"2 nodes / 1 node: {ratio:.2f}x (parallel efficiency {ratio / 2:.0%})")
 
 
 if __name__ == "__main__":

@@ -105,12 +105,14 @@ def check_run(source: str, settings: Settings, *, run_id: str | None = None,
 def check_local_decoders(settings: Settings, executor: str) -> None:
     """A decoder asked for by name must run here when decoding runs here (the local
     executor); a Ray run's decode actors judge it on their own nodes."""
+    from ingest.decode.audio import audio_decoder
     from ingest.decode.base import DecodeError
     from ingest.decode.video import check_video_decoder
 
     if executor == "local":
         try:
             check_video_decoder(settings.video_decoder)
+            audio_decoder(settings)
         except DecodeError as exc:
             raise ValueError(str(exc)) from None
 

@@ -91,17 +91,24 @@ class Settings(BaseSettings):
     max_nesting: int = Field(2, ge=0, description="How deep nested archives are followed.")
     max_image_pixels: int = Field(8192 * 8192, description="Larger images are downscaled on decode.")
     ffmpeg_timeout_s: float = Field(300.0, gt=0, description="Timeout of one ffmpeg/ffprobe call "
-                                    "(and of one batch of frames decoded in-process by PyAV; a "
-                                    "probe in process is bounded by libav's probe size instead).")
+                                    "(and of one batch of frames or one file's audio decoded "
+                                    "in-process by PyAV; a probe in process is bounded by "
+                                    "libav's probe size instead).")
     video_decoder: Literal["auto", "nvdec", "pyav", "ffmpeg"] = Field(
         "auto", description="Where a video's chosen frames are decoded: nvdec (the GPU's video "
         "decoder, PyNvVideoCodec; H.264/HEVC/AV1), pyav (in this process, one open container "
-        "per batch) or ffmpeg (a process per batch of seeks; probes then run in ffprobe "
-        "processes too, so no libav code runs in the worker, where otherwise PyAV probes in "
-        "process). auto = nvdec where this process "
+        "per batch) or ffmpeg (a process per batch of seeks; then probes run in ffprobe "
+        "processes and audio, when MEDIABIND_AUDIO_DECODER is auto, in ffmpeg processes, so "
+        "no libav code runs in the worker). auto = nvdec where this process "
         "sees a GPU with it and the codec is one it takes, else pyav when installed, else "
         "ffmpeg. Not part of the segment policy: all take the frames at the window's times "
         "(nvdec's resize to 224 differs slightly).")
+    audio_decoder: Literal["auto", "pyav", "ffmpeg"] = Field(
+        "auto", description="What decodes audio files and soundtracks to 16-kHz mono: pyav "
+        "(in this process) or ffmpeg (a process per file); the same samples either way. "
+        "auto = pyav where a process decodes one file at a time (each Ray decode actor, or "
+        "decode_workers=1), ffmpeg beside several decode threads in one process (PyAV's loop "
+        "holds the GIL) and wherever MEDIABIND_VIDEO_DECODER=ffmpeg or PyAV is missing.")
     max_media_duration_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Longest audio, video or IMU recording accepted "
         "(seconds); a longer claim (often a corrupt or hostile header) is Rejected.")

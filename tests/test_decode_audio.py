@@ -19,9 +19,10 @@ def decode(media, name, settings, policy=None):
                             settings))
 
 
+@pytest.mark.parametrize("decoder", ["pyav", "ffmpeg"])
 @pytest.mark.parametrize("name", ["tone_wav", "tone_flac", "tone_mp3", "tone_m4a"])
-def test_formats_give_windows_of_the_tone(media, decode_settings, name):
-    out = decode(media, name, decode_settings)
+def test_formats_give_windows_of_the_tone(media, decode_settings, name, decoder):
+    out = decode(media, name, decode_settings.model_copy(update={"audio_decoder": decoder}))
     assert not any(isinstance(o, Rejected) for o in out), out
     spans = windows(probe(media.get(name)).duration_s, SegmentPolicy())
     assert [(s.start_s, s.end_s) for s in out] == spans and len(spans) == 3
@@ -71,7 +72,58 @@ def test_cut_windows_stops_when_the_sound_has_ended():
     assert [s for s, _, _ in cut_windows(chunks, [(0, 2), (2, 4)])] == [0]
 
 
+SOUNDS = ["tone_wav", "tone_flac", "tone_mp3", "tone_m4a", "tone_in_mp4", "tone_short_wav",
+          "cover_mp3", "colour_mp4", "colour_webm", "colour_avi", "colour_mkv",
+          "audio_outlasts_video_mp4"]
+
+
+@pytest.mark.parametrize("name", SOUNDS)
+def test_in_process_audio_equals_the_ffmpeg_process(media, decode_settings, name):
+    """PyAV in this process and an ffmpeg process: the same samples from every sample
+    file with sound (the same decoder and swresample, as the command line runs them)."""
+    from ingest.decode import pyav_audio
+    from ingest.decode.audio import CHUNK_SAMPLES, SAMPLE_RATE, ffmpeg_pcm_stream
+    from ingest.decode.base import DecodeJob
+
+    path = media.get(name)
+    job = DecodeJob(media_item(path, Kind.AUDIO), path, SegmentPolicy(), decode_settings)
+    by_process = np.concatenate(list(ffmpeg_pcm_stream(job)))
+    chunks = list(pyav_audio.pcm_chunks(path, SAMPLE_RATE, CHUNK_SAMPLES, 60))
+    here = np.concatenate(chunks)
+    assert all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
+    assert all(len(c) >= CHUNK_SAMPLES for c in chunks[:-1])  # chunked, not per frame
+    assert len(here) == len(by_process), (len(here), len(by_process))
+    assert np.abs(here - by_process).max() < 1e-4
+
+
+def test_in_process_audio_skips_nothing_silently_on_random_bytes(media):
+    from ingest.decode import pyav_audio
+    from ingest.decode.base import DecodeError
+
+    with pytest.raises(DecodeError, match="audio decode failed"):
+        list(pyav_audio.pcm_chunks(media.get("random_mp4"), 16000, 64000, 60))
+
+
 def test_a_duration_over_the_limit_is_rejected(media, decode_settings):
     limited = decode_settings.model_copy(update={"max_media_duration_s": 4.0})
     (rejected,) = decode(media, "tone_wav", limited)  # 5 s of sound
     assert isinstance(rejected, Rejected) and "max_media_duration_s" in rejected.reason
+
+
+def test_the_audio_decoder_is_pyav_where_one_file_is_decoded_at_a_time(decode_settings):
+    from embed_workers.executors.ray_tasks import _one_at_a_time
+    from ingest.decode.audio import audio_decoder
+
+    def chosen(**update) -> str:
+        return audio_decoder(decode_settings.model_copy(update=update))
+
+    assert chosen(decode_workers=1) == "pyav"
+    assert chosen(decode_workers=2) == "ffmpeg"  # beside other decode threads
+    assert chosen(decode_workers=1, video_decoder="ffmpeg") == "ffmpeg"  # no libav in process
+    assert chosen(decode_workers=2, audio_decoder="pyav") == "pyav"  # asked for by name
+    assert chosen(decode_workers=1, audio_decoder="ffmpeg") == "ffmpeg"
+    # A Ray decode actor decodes one file at a time, whatever decode_workers counts.
+    many = decode_settings.model_copy(update={"decode_workers": 8})
+    assert _one_at_a_time(many).audio_decoder == "pyav"
+    assert _one_at_a_time(many.model_copy(update={"audio_decoder": "ffmpeg"})).audio_decoder \
+        == "ffmpeg"

@@ -19,7 +19,7 @@ import pickle
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +36,8 @@ from embed_workers.pipeline import (
     prepare_events,
 )
 from embed_workers.prepare import Prepared, Preparer
+from ingest.decode.audio import audio_decoder
+from ingest.decode.base import DecodeError
 from ingest.manifest import ManifestRow
 from ingest.shards import Shard
 from schemas import MediaItem, Settings
@@ -138,7 +140,8 @@ class DecodeActor:
     """
 
     def __init__(self, job: Any, gate: Any = None) -> None:
-        self.job: DecodeJob = ray.get(job) if isinstance(job, ray.ObjectRef) else job
+        job = ray.get(job) if isinstance(job, ray.ObjectRef) else job
+        self.job: DecodeJob = replace(job, settings=_one_at_a_time(job.settings))
         self.job.extensions.unpack(self.job.settings.home)
         self.node = ray.get_runtime_context().get_node_id()
         self.count_tokens = count_tokens_fn()
@@ -148,6 +151,18 @@ class DecodeActor:
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         for blob in table.column("shards").to_pylist():
             yield from decode_shards(pickle.loads(blob), self.job, self.node, self.count_tokens)
+
+
+def _one_at_a_time(settings: Settings) -> Settings:
+    """``settings`` with the audio decoder resolved for a process that decodes one file at
+    a time, as a decode actor does (``audio_decoder``: PyAV, where ``auto``). PyAV asked
+    for by name on a node without it: the ffmpeg process, with a warning."""
+    try:
+        chosen = audio_decoder(settings, decoders_here=1)
+    except DecodeError as exc:
+        log.warning("%s: this node decodes audio in ffmpeg processes", exc)
+        chosen = "ffmpeg"
+    return settings.model_copy(update={"audio_decoder": chosen})
 
 
 @ray.remote(num_cpus=0)

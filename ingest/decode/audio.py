@@ -1,9 +1,15 @@
 """Audio (and video soundtracks) → float32 mono 16 kHz windows.
 
-ffmpeg decodes any format it reads to ``-ac 1 -ar 16000 -f f32le`` on a pipe; the
-samples are streamed and cut into the windows as they arrive, so an hour of
-audio (230 MB as float32) is never held at once: memory stays at about one
-window plus one read chunk.
+The decoder (``audio_decoder``: PyAV in this process, ``pyav_audio``, or an ffmpeg
+process with ``-ac 1 -ar 16000 -f f32le`` on a pipe) streams the samples, which are
+cut into the windows as they arrive, so an hour of audio (230 MB as float32) is
+never held at once: memory stays at about one window plus one read chunk.
+
+Which decoder, measured both ways (``benchmarks/decode.py``, and the issue note of
+#11): in process the same samples cost about a quarter of the CPU, but the loop over
+frames holds the GIL. A process that decodes one file at a time (a Ray decode
+actor) is faster with PyAV; where several decode threads share one interpreter
+(the local executor) the ffmpeg process was faster, as it runs beside them.
 
 Differences from the reference loader, on purpose:
 
@@ -25,10 +31,11 @@ from collections.abc import Iterator
 import ffmpeg
 import numpy as np
 
+from ingest.decode import pyav_audio
 from ingest.decode.base import DecodeError, DecodeJob, bounded_windows
 from ingest.ffmpeg_run import FFMPEG_QUIET, FFmpegError, stream_stdout
-from ingest.probe import MediaInfo, probe_for
-from schemas import Kind, Modality, Segment
+from ingest.probe import MediaInfo, probe_for, probe_isolated
+from schemas import Kind, Modality, Segment, Settings
 
 SAMPLE_RATE = 16_000
 MIN_SAMPLES = 400  # one 25-ms fbank frame at 16 kHz
@@ -64,13 +71,39 @@ def decode_probed_audio(job: DecodeJob, info: MediaInfo,
                           f"{info.duration_s} s (corrupt data?)")
 
 
-def pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:
-    """The first audio stream as float32 mono 16 kHz chunks, from an ffmpeg process.
+def audio_decoder(settings: Settings, decoders_here: int | None = None) -> str:
+    """``pyav`` or ``ffmpeg``: what decodes audio under ``settings`` in a process where
+    ``decoders_here`` files are decoded at once (default: ``decode_workers``, the local
+    executor's decode threads; a Ray decode actor passes 1).
 
-    A process and not PyAV in this one, measured both ways: in process the same samples
-    cost less CPU for one file alone, but the loop over frames holds the GIL, and beside
-    the decode threads' frame extraction it made decoding slower, where the process runs
-    in parallel (the issue note of #11 has the figures)."""
+    ``MEDIABIND_AUDIO_DECODER=auto`` takes PyAV where one file is decoded at a time and
+    an ffmpeg process beside several decode threads (see the module doc), and the
+    process wherever probes run in ffprobe (``MEDIABIND_VIDEO_DECODER=ffmpeg``, or no
+    PyAV installed).
+    """
+    choice = settings.audio_decoder
+    if choice == "pyav" and not pyav_audio.available():
+        raise DecodeError("MEDIABIND_AUDIO_DECODER=pyav, but PyAV (the av package) is not "
+                          "installed; set it to auto or ffmpeg")
+    if choice != "auto":
+        return choice
+    if probe_isolated(settings):
+        return "ffmpeg"
+    here = settings.decode_workers if decoders_here is None else decoders_here
+    return "pyav" if here == 1 else "ffmpeg"
+
+
+def pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:
+    """The first audio stream as float32 mono 16 kHz chunks, from ``audio_decoder``'s
+    choice: this process (``pyav_audio``) or an ffmpeg process."""
+    if audio_decoder(job.settings) == "pyav":
+        return pyav_audio.pcm_chunks(job.path, SAMPLE_RATE, CHUNK_SAMPLES,
+                                     job.settings.ffmpeg_timeout_s)
+    return ffmpeg_pcm_stream(job)
+
+
+def ffmpeg_pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:
+    """The first audio stream as float32 mono 16 kHz chunks, from an ffmpeg process."""
     out = ffmpeg.input(str(job.path))["a:0"].output(
         "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
     args = out.global_args(*FFMPEG_QUIET).compile()
