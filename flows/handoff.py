@@ -30,7 +30,8 @@ HTTP_TIMEOUT_S = 30.0
 # Settings a handed run brings with it; the UI keeps its own for the rest (its store).
 RUN_SETTINGS = ("preset", "checkpoint", "collection", "segment_s", "stride_s", "video_crops",
                 "one_point_items", "text_overlap_tokens", "device", "dtype", "decode_workers",
-                "encode_threads", "accept_license")
+                "encode_threads", "accept_license", "video_decoder", "audio_decoder",
+                "video_sampling")
 
 
 class HandoffError(RuntimeError):

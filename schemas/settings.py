@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         "(nvdec's resize to 224 differs slightly).")
     audio_decoder: Literal["auto", "pyav", "ffmpeg"] = Field(
         "auto", description="What decodes audio files and soundtracks to 16-kHz mono: pyav "
-        "(in this process) or ffmpeg (a process per file); the same samples either way. "
+        "(in this process) or ffmpeg (a process per file), the same decoder and resampler. "
         "auto = pyav where a process decodes one file at a time (each Ray decode actor, or "
         "decode_workers=1), ffmpeg beside several decode threads in one process (PyAV's loop "
         "holds the GIL) and wherever MEDIABIND_VIDEO_DECODER=ffmpeg or PyAV is missing.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media import dominant_hz, media_item
+from media import dominant_hz, ffmpeg, media_item, tone_source
 
 from ingest.decode import decode_item
 from ingest.decode.audio import MIN_SAMPLES, cut_windows
@@ -127,3 +127,104 @@ def test_the_audio_decoder_is_pyav_where_one_file_is_decoded_at_a_time(decode_se
     assert _one_at_a_time(many).audio_decoder == "pyav"
     assert _one_at_a_time(many.model_copy(update={"audio_decoder": "ffmpeg"})).audio_decoder \
         == "ffmpeg"
+
+
+def _both(path, settings) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of ``path`` in this process and from an ffmpeg process."""
+    from ingest.decode import pyav_audio
+    from ingest.decode.audio import CHUNK_SAMPLES, SAMPLE_RATE, ffmpeg_pcm_stream
+    from ingest.decode.base import DecodeJob
+
+    job = DecodeJob(media_item(path, Kind.AUDIO), path, SegmentPolicy(), settings)
+    return (np.concatenate(list(pyav_audio.pcm_chunks(path, SAMPLE_RATE, CHUNK_SAMPLES, 60))),
+            np.concatenate(list(ffmpeg_pcm_stream(job))))
+
+
+def test_a_stream_whose_format_changes_part_way_decodes_in_process(tmp_path, decode_settings):
+    """Two mp3s joined byte for byte, 44.1-kHz stereo then 22.05-kHz mono: one resampler
+    takes one input format, so the decoder starts a new one at the change, as ffmpeg's
+    command line rebuilds its filters."""
+    parts = []
+    for name, rate, channels in (("a", 44100, "2"), ("b", 22050, "1")):
+        parts.append(tmp_path / f"{name}.mp3")
+        ffmpeg(*tone_source(2.0, rate=rate), "-ac", channels, str(parts[-1]))
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+    here, by_process = _both(joined, decode_settings)
+    assert abs(len(here) - len(by_process)) <= 0.005 * len(by_process)
+    assert len(here) >= 3.9 * 16000
+    for half in (here[:16000], here[-16000:]):
+        assert abs(dominant_hz(half) - 440) < 5
+
+
+def _garble_adts(data: bytes, keep_every: int) -> bytes:
+    """An ADTS stream with every frame's payload but one in ``keep_every`` replaced by
+    noise (headers kept, so the demuxer still finds every frame)."""
+    out, at, index = bytearray(data), 0, 0
+    noise = np.random.default_rng(0)
+    while at + 7 <= len(out):
+        assert out[at] == 0xFF and out[at + 1] & 0xF0 == 0xF0, "not an ADTS frame header"
+        length = ((out[at + 3] & 3) << 11) | (out[at + 4] << 3) | (out[at + 5] >> 5)
+        if index % keep_every:
+            out[at + 7:at + length] = noise.integers(0, 256, length - 7, np.uint8).tobytes()
+        at, index = at + length, index + 1
+    return bytes(out)
+
+
+def test_mostly_undecodable_audio_is_refused_both_ways(tmp_path, decode_settings):
+    """Past ffmpeg's -max_error_rate (2/3 of the packets failing) the command line
+    refuses the file; in process it is refused too, not returned as the few frames
+    that decoded."""
+    from ingest.decode import pyav_audio
+    from ingest.decode.audio import ffmpeg_pcm_stream
+    from ingest.decode.base import DecodeError, DecodeJob
+
+    clean = tmp_path / "tone.aac"
+    ffmpeg(*tone_source(5.0), "-c:a", "aac", "-f", "adts", str(clean))
+    garbled = tmp_path / "garbled.aac"
+    garbled.write_bytes(_garble_adts(clean.read_bytes(), keep_every=10))
+    with pytest.raises(DecodeError, match="packets could not be decoded"):
+        list(pyav_audio.pcm_chunks(garbled, 16000, 64000, 60))
+    job = DecodeJob(media_item(garbled, Kind.AUDIO), garbled, SegmentPolicy(), decode_settings)
+    with pytest.raises(DecodeError, match="audio decode failed"):
+        list(ffmpeg_pcm_stream(job))
+    here, by_process = _both(clean, decode_settings)  # the clean stream: the same samples
+    assert len(here) == len(by_process) and np.abs(here - by_process).max() < 1e-4
+
+
+def test_the_time_limit_bounds_one_chunk_not_the_consumer(media):
+    """As for the ffmpeg pipe, a consumer slower than the limit keeps the stream; the
+    limit itself still holds for the decoder's own work."""
+    import time
+
+    from ingest.decode import pyav_audio
+    from ingest.decode.base import DecodeError
+
+    path = media.get("tone_wav")  # 5 s: five chunks of one second
+    chunks = []
+    for chunk in pyav_audio.pcm_chunks(path, 16000, 16000, timeout_s=0.3):
+        chunks.append(chunk)
+        time.sleep(0.4)  # longer than the limit, every chunk
+    assert sum(len(c) for c in chunks) >= 4.9 * 16000 and len(chunks) >= 5
+    with pytest.raises(DecodeError, match="timed out"):
+        list(pyav_audio.pcm_chunks(path, 16000, 16000, timeout_s=1e-9))
+
+
+@pytest.mark.parametrize("decoder, starts_a_process", [("pyav", False), ("ffmpeg", True)])
+def test_the_chosen_audio_decoder_is_the_one_that_runs(media, decode_settings, decoder,
+                                                       starts_a_process):
+    """In process no child runs at all; the ffmpeg route spends CPU in one (this
+    process's reaped children's CPU time)."""
+    import resource
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    settings = decode_settings.model_copy(update={"audio_decoder": decoder})
+    path = media.get("tone_flac")
+    probe(path)  # the probe's own process (if any) before the count
+    before = children_cpu()
+    out = decode(media, "tone_flac", settings)
+    assert out and not any(isinstance(o, Rejected) for o in out)
+    assert (children_cpu() > before) == starts_a_process

@@ -5,8 +5,9 @@ process with ``-ac 1 -ar 16000 -f f32le`` on a pipe) streams the samples, which 
 cut into the windows as they arrive, so an hour of audio (230 MB as float32) is
 never held at once: memory stays at about one window plus one read chunk.
 
-Which decoder, measured both ways (``benchmarks/decode.py``, and the issue note of
-#11): in process the same samples cost about a quarter of the CPU, but the loop over
+Which decoder, measured both ways (``benchmarks/decode.py`` prints the soundtrack's
+CPU each way, ``benchmarks/scale.py --audio-decoders auto,ffmpeg`` the Ray executor's
+throughput): in process the same samples cost a fraction of the CPU, but the loop over
 frames holds the GIL. A process that decodes one file at a time (a Ray decode
 actor) is faster with PyAV; where several decode threads share one interpreter
 (the local executor) the ffmpeg process was faster, as it runs beside them.
@@ -87,7 +88,7 @@ def audio_decoder(settings: Settings, decoders_here: int | None = None) -> str:
                           "installed; set it to auto or ffmpeg")
     if choice != "auto":
         return choice
-    if probe_isolated(settings):
+    if probe_isolated(settings) or not pyav_audio.available():
         return "ffmpeg"
     here = settings.decode_workers if decoders_here is None else decoders_here
     return "pyav" if here == 1 else "ffmpeg"

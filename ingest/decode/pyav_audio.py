@@ -6,9 +6,18 @@ PyAV runs the same libraries (the decoder, then swresample to mono 16 kHz throug
 the format filter ffmpeg's command line also inserts), without a process per file:
 ``tests/test_decode_audio.py`` compares the two on every sample file.
 
-As ffmpeg's command line does, a packet the decoder refuses is skipped, and the
-decode ends where the container can be read no further. The time limit is checked
-between packets (a single libav call cannot be interrupted in process).
+As ffmpeg's command line does:
+
+* a packet the decoder refuses is skipped, and the decode ends where the container
+  can be read no further; but where more than ``MAX_ERROR_RATE`` of the packets fail
+  (ffmpeg's ``-max_error_rate`` default) the file is refused;
+* a stream whose sample rate, layout or format changes part way (broadcast TS
+  switching 5.1 and stereo, files joined from parts) is resampled on, with a new
+  resampler from the change;
+* the time limit bounds the work for one chunk, not the whole file
+  (``stream_stdout``'s rule): a slow consumer may hold the stream as long as it
+  needs. It is checked between packets (one libav call cannot be interrupted in
+  process).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ try:
 except ImportError:  # the ffmpeg process stays usable without PyAV
     av = None
 
+MAX_ERROR_RATE = 2 / 3  # of packets that fail to decode, above which the file is refused
+
 
 def available() -> bool:
     return av is not None
@@ -34,7 +45,7 @@ def available() -> bool:
 def pcm_chunks(path: Path, rate: int, chunk_samples: int, timeout_s: float
                ) -> Iterator[np.ndarray]:
     """float32 mono chunks of about ``chunk_samples`` at ``rate`` Hz, in order."""
-    deadline = time.monotonic() + timeout_s
+    clock = _ChunkClock(timeout_s)
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as e:
@@ -47,41 +58,87 @@ def pcm_chunks(path: Path, rate: int, chunk_samples: int, timeout_s: float
             raise DecodeError(f"no decoder for the audio codec {stream.codec_tag or '?'}")
         stream.codec_context.thread_count = 1  # decode workers are the parallelism
         try:
-            yield from _resampled(container, stream, rate, chunk_samples, deadline)
-        except av.FFmpegError as e:
+            yield from _chunks(_Resampled(rate), _frames(container, stream, clock),
+                               chunk_samples, clock)
+        except (av.FFmpegError, ValueError) as e:  # PyAV raises ValueError for odd frames
             raise DecodeError(f"audio decode failed: {e}") from None
 
 
-def _resampled(container, stream, rate: int, chunk_samples: int, deadline: float
-               ) -> Iterator[np.ndarray]:
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+class _ChunkClock:
+    """The time limit of one chunk's work, restarted when a chunk is handed on."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.restart()
+
+    def restart(self) -> None:
+        self.deadline = time.monotonic() + self.timeout_s
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise DecodeError("audio decode timed out (MEDIABIND_FFMPEG_TIMEOUT_S)")
+
+
+class _Resampled:
+    """Frames to float32 mono samples at ``rate``; a new resampler wherever the input's
+    format changes (one resampler takes one input format)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.resampler = None
+        self.shape: tuple | None = None
+
+    def __call__(self, frame) -> list[np.ndarray]:
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        out = []
+        if shape != self.shape:
+            out = self.flush()
+            self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+            self.shape = shape
+        return out + [o.to_ndarray().reshape(-1) for o in self.resampler.resample(frame)]
+
+    def flush(self) -> list[np.ndarray]:
+        """What the current resampler still holds."""
+        if self.resampler is None:
+            return []
+        return [o.to_ndarray().reshape(-1) for o in self.resampler.resample(None)]
+
+
+def _chunks(resampled: _Resampled, frames: Iterator[object], chunk_samples: int,
+            clock: _ChunkClock) -> Iterator[np.ndarray]:
     held: list[np.ndarray] = []
     count = 0
-    for frame in _frames(container, stream, deadline):
-        for out in resampler.resample(frame):
-            held.append(out.to_ndarray().reshape(-1))
-            count += len(held[-1])
+    for frame in frames:
+        for samples in resampled(frame):
+            held.append(samples)
+            count += len(samples)
         if count >= chunk_samples:
             yield np.concatenate(held)
+            clock.restart()  # the consumer's time is not the decoder's
             held, count = [], 0
-    for out in resampler.resample(None):  # what the resampler still holds
-        held.append(out.to_ndarray().reshape(-1))
+    held += resampled.flush()
     if held:
         yield np.concatenate(held)
 
 
-def _frames(container, stream, deadline: float) -> Iterator[object]:
+def _frames(container, stream, clock: _ChunkClock) -> Iterator[object]:
     packets = container.demux(stream)
+    good = bad = 0
     while True:
-        if time.monotonic() > deadline:
-            raise DecodeError("audio decode timed out (MEDIABIND_FFMPEG_TIMEOUT_S)")
+        clock.check()
         try:
             packet = next(packets)
         except StopIteration:
-            return
+            break
         except av.FFmpegError:
-            return  # the container cannot be read further: what came is what there is
+            break  # the container cannot be read further: what came is what there is
         try:
-            yield from packet.decode()  # the last, empty packet flushes the decoder
+            frames = packet.decode()  # the last, empty packet flushes the decoder
         except av.FFmpegError:
-            continue  # a damaged packet: skipped, as the ffmpeg command line does
+            bad += 1  # a damaged packet: skipped, as the ffmpeg command line does
+            continue
+        good += packet.size > 0
+        yield from frames
+    if bad and bad > MAX_ERROR_RATE * (good + bad):
+        raise DecodeError(f"audio decode failed: {bad} of {good + bad} packets could not be "
+                          f"decoded")
