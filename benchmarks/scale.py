@@ -14,7 +14,7 @@ run:
 - the driver's CPU-seconds and bytes read through read() per media-second;
 - the unchanged rerun's wall time against the first run's.
 
-    python benchmarks/scale.py                          # 200 x 10-s videos, ~8 min
+    python benchmarks/scale.py                          # 400 x 10-s videos, ~8 min
     python benchmarks/scale.py --videos 32 --seconds 6  # a quick look
     python benchmarks/scale.py --nodes 2                # one configuration only
 
@@ -22,7 +22,7 @@ A run has a fixed cost that does not shrink with nodes: Ray Data's start-up,
 and a new process per decode actor and per encode actor that imports torch
 (and builds the model), seconds each on a small machine, paid on every node at
 once. A small archive is mostly that cost, so it understates the ratio;
-the default archive (2,000 media-s) is large enough for the per-node work to
+the default archive (4,000 media-s) is large enough for the per-node work to
 dominate. Only 8 of the videos are encoded; the rest are remuxed copies with
 a comment of their own (other bytes, the same decode cost).
 """
@@ -136,7 +136,7 @@ def one_run(folder: Path, home: Path, nodes: int, audio: str = "auto") -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", type=int, default=200)
+    parser.add_argument("--videos", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2],
                         help="worker-node counts to run (the ratio needs 1 and 2)")
