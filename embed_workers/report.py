@@ -52,13 +52,14 @@ class ItemOutcome:
     stage: str = ""
     reason: str = ""
     decoder: str = ""  # the frame backend that decoded a video (nvdec, pyav, ffmpeg)
+    audio_decoder: str = ""  # what decoded its sound, an audio file's or a soundtrack (pyav, ffmpeg)
 
 
 ITEM_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("uri", pa.string()), ("outcome", pa.string()),
     ("kind", pa.string()), ("segments", pa.int64()), ("modalities", pa.string()),
     ("duration_s", pa.float64()), ("stage", pa.string()), ("reason", pa.string()),
-    ("decoder", pa.string()),
+    ("decoder", pa.string()), ("audio_decoder", pa.string()),
 ])
 
 
@@ -83,6 +84,7 @@ class RunReport:
     decode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node → entries read
     encode_nodes: dict[str, int] = field(default_factory=dict)  # Ray node → segments encoded
     video_decoders: dict[str, int] = field(default_factory=dict)  # frame backend → videos
+    audio_decoders: dict[str, int] = field(default_factory=dict)  # pyav/ffmpeg → items with sound
     notes: list[str] = field(default_factory=list)
     items_ingested: Counter[str] = field(default_factory=Counter)  # per modality
     items_completed: int = 0
@@ -101,6 +103,9 @@ class RunReport:
         self.items_seen += 1
         if outcome.decoder:
             self.video_decoders[outcome.decoder] = self.video_decoders.get(outcome.decoder, 0) + 1
+        if outcome.audio_decoder:
+            self.audio_decoders[outcome.audio_decoder] = \
+                self.audio_decoders.get(outcome.audio_decoder, 0) + 1
         if outcome.outcome is Outcome.SKIPPED:
             self.items_skipped += 1
         elif outcome.outcome is Outcome.DUPLICATE:
@@ -165,6 +170,7 @@ class RunReport:
             "manifest": self.manifest, "decode_nodes": dict(self.decode_nodes),
             "encode_nodes": dict(self.encode_nodes),
             "video_decoders": dict(self.video_decoders),
+            "audio_decoders": dict(self.audio_decoders),
             "notes": list(self.notes),
             "items_ingested": dict(self.items_ingested),
             "items_rejected": len(self.rejected_items()),
@@ -227,6 +233,7 @@ class RunReport:
             ("media seconds", f"{self.media_seconds:.1f}"), ("wall seconds", f"{self.wall_seconds:.1f}"),
             ("media s per wall s", f"{t['media_s_per_s']:.2f}"),
             ("video decoders", _counts(self.video_decoders)),
+            ("audio decoders", _counts(self.audio_decoders)),
         ]
         rows += [(f"{k} seconds", f"{v:.1f}") for k, v in self.stage_seconds.items()]
         text = [f"# Ingest run `{self.run_id}`", "",
@@ -260,7 +267,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"  media: {r['media_seconds']:.1f} s in {r['wall_seconds']:.1f} s wall "
         f"({t['media_s_per_s']:.2f} media s/s, {t['segments_per_s']:.1f} segments/s)",
         "  stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()),
-        f"  video decoded by: {_counts(r.get('video_decoders', {}))}",
+        f"  video decoded by: {_counts(r.get('video_decoders', {}))}; audio by: "
+        f"{_counts(r.get('audio_decoders', {}))}",
     ]
     lines += [f"  note: {n}" for n in r["notes"]]
     rejected = r["rejected"]

@@ -26,6 +26,7 @@ from pipeline_helpers import (
 
 from embed_workers.pipeline import run_ingest
 from embed_workers.report import Progress, RunReport
+from ingest.decode.audio import audio_decoder
 from ingest.decode.video import frame_backend
 from schemas import FILE_LEVEL_INDEX, Kind
 
@@ -79,6 +80,10 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
         assert videos and {o.decoder for o in videos} == {backend}
         assert all(o.decoder == "" for o in report.outcomes if o not in videos)
         assert report.video_decoders == {backend: len(videos)}
+        # ... and what decoded the sound of every item that has some.
+        sound = [o for o in report.outcomes if "audio" in o.modalities.split(",")]
+        assert sound and {o.audio_decoder for o in sound} == {audio_decoder(settings)}
+        assert all(o.audio_decoder == "" for o in report.outcomes if o not in sound)
 
         again = run_ingest(str(path), store, settings=settings, executor="local")
         assert store.count() == len(points)
@@ -88,7 +93,9 @@ def test_ingest_rerun_and_report(archive, tmp_path) -> None:
     first = RunReport.read(settings.runs_path / report.run_id)
     assert [o.decoder for o in first.outcomes] == [o.decoder for o in report.outcomes]
     assert first.video_decoders == report.video_decoders
-    assert f"video decoded by: {backend} {len(videos)}" in first.summary()
+    assert f"video decoded by: {backend} {len(videos)}; audio by: " \
+        f"{audio_decoder(settings)} {len(sound)}" in first.summary()
+    assert [o.audio_decoder for o in first.outcomes] == [o.audio_decoder for o in report.outcomes]
 
 
 def test_each_timed_file_is_probed_once_for_its_kind_duration_and_decode(archive, tmp_path):

@@ -66,8 +66,13 @@ def test_ray_matches_local_and_reruns_skip(ray_session, archive, tmp_path) -> No
                             progress=lambda _: holders.append(lock.read_text()))
         # The committer actor held the store, not this process (the driver).
         assert holders and not any(h.startswith(f"pid {os.getpid()} ") for h in holders)
-        run_ingest(str(path), local_store, settings=on_local, executor="local")
+        local = run_ingest(str(path), local_store, settings=on_local, executor="local")
         ray_points, local_points = all_points(ray_store), all_points(local_store)
+        # Decode actors take one file at a time, so their sound is decoded in process;
+        # the local run's decode threads send it to ffmpeg processes. Same points below.
+        with_sound = sum(local.audio_decoders.values())
+        assert with_sound and local.audio_decoders == {"ffmpeg": with_sound}
+        assert report.audio_decoders == {"pyav": with_sound}
 
         assert _segments(ray_points) == expected_segments(folder, on_ray) == report.segments_written
         assert report.items_completed == len(GOOD_FILES) and report.executor == "ray"

@@ -53,6 +53,7 @@ class ItemState:
     failed: bool = False
     rejections: list[Rejected] = field(default_factory=list)
     decoder: str = ""  # the frame backend its video segments name
+    audio_decoder: str = ""  # what decoded its audio segments (pyav, ffmpeg)
     records: list[EmbeddingRecord] = field(default_factory=list)  # held until the item settles
 
     def is_settled(self) -> bool:
@@ -204,6 +205,7 @@ class Collector:
             state.means[modality].add(segment, vector)
             state.settled[name_of(modality)] += 1  # plain names, as ItemDecoded counts
             state.decoder = segment.extra.get("decoder", state.decoder)
+            state.audio_decoder = segment.extra.get("audio_decoder", state.audio_decoder)
             state.records.append(self.builder.segment_record(state.item, segment, vector,
                                                              state.duration_s))
             touched.append(segment.item_id)
@@ -319,7 +321,7 @@ class Collector:
             ",".join(sorted(state.means)) if state else "",
             state.duration_s if state else None,
             str(first.stage) if first else "", first.reason if first else "",
-            state.decoder if state else ""))
+            state.decoder if state else "", state.audio_decoder if state else ""))
 
     # --- end of run ---------------------------------------------------------------------------
     def tick(self) -> None:

@@ -63,10 +63,12 @@ def decode_probed_audio(job: DecodeJob, info: MediaInfo,
             raise DecodeError(f"{e} (the probe reports no usable duration)") from None
     # A video's soundtrack keeps the item's kind (video): the payload tells them apart.
     kind = job.item.kind if job.item.kind in (Kind.VIDEO, Kind.AUDIO) else Kind.AUDIO
-    samples = pcm_stream(job)
+    backend = audio_decoder(job.settings)
+    samples = pcm_stream(job, backend)
     made = 0
     for made, (start, end, clip) in enumerate(cut_windows(samples, spans), start=1):
-        yield job.segment(Modality.AUDIO, made - 1, start, end, clip, kind=kind)
+        yield job.segment(Modality.AUDIO, made - 1, start, end, clip, kind=kind,
+                          audio_decoder=backend)
     if made == 0 and own_windows:  # found by fuzzing: a damaged m4a that decodes to nothing
         raise DecodeError(f"audio stream decoded to no samples although the probe reports "
                           f"{info.duration_s} s (corrupt data?)")
@@ -94,10 +96,10 @@ def audio_decoder(settings: Settings, decoders_here: int | None = None) -> str:
     return "pyav" if here == 1 else "ffmpeg"
 
 
-def pcm_stream(job: DecodeJob) -> Iterator[np.ndarray]:
-    """The first audio stream as float32 mono 16 kHz chunks, from ``audio_decoder``'s
-    choice: this process (``pyav_audio``) or an ffmpeg process."""
-    if audio_decoder(job.settings) == "pyav":
+def pcm_stream(job: DecodeJob, backend: str | None = None) -> Iterator[np.ndarray]:
+    """The first audio stream as float32 mono 16 kHz chunks, from ``backend`` (default
+    ``audio_decoder``'s choice): this process (``pyav``) or an ffmpeg process."""
+    if (backend or audio_decoder(job.settings)) == "pyav":
         return pyav_audio.pcm_chunks(job.path, SAMPLE_RATE, CHUNK_SAMPLES,
                                      job.settings.ffmpeg_timeout_s)
     return ffmpeg_pcm_stream(job)
