@@ -168,8 +168,8 @@ def run_preset_modalities(preset_name: str, modalities: list[Modality], batches:
     if why_not:
         print(f"{preset_name}: reference not run ({why_not}); ours only", flush=True)
     if args.compile:
-        ours = torch.compile(ours)
-        reference = None if reference is None else torch.compile(reference)
+        ours = torch.compile(ours, mode=args.compile)
+        reference = None if reference is None else torch.compile(reference, mode=args.compile)
     rows = []
     for modality in modalities:
         for batch in batches or [CPU_BATCH.get(preset_name, 8) * BATCH_SCALE[modality]]:
@@ -258,7 +258,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16 peak of the card (H100/H200 SXM: 989)")
     p.add_argument("--no-reference", action="store_true", help="benchmark ours only")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models first")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                   help="torch.compile both models first, in this mode (reduce-overhead: with "
+                        "CUDA graphs for each batch shape)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny preset, short timings")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     record.add_flag(p)

@@ -15,7 +15,8 @@ Part a installs its wheels and ffmpeg under /tmp (they stay while the machine is
 warm), prints the preflight (what the machine has: the card, torch, ffmpeg,
 NVDEC's library, each package we import), and runs the bf16 GEMM, the vision
 encoder at batch 64 and 256 (``encode.py``) and the CUDA tests (device
-preprocessing against the CPU's, bf16 against fp32). Part b adds PyNvVideoCodec
+preprocessing against the CPU's, bf16 against fp32), then the encoder compiled
+(``torch.compile``, CUDA graphs) at batch 256 beside the eager one. Part b adds PyNvVideoCodec
 and the embedded Qdrant engine, runs the NVDEC decoder tests and the pipeline
 (``pipeline.py``) with NVDEC on and off on the same archive. Every step has its
 own time limit, and one that cannot run says why (preflight) instead of
@@ -195,6 +196,13 @@ def main() -> int:
                             "tests/test_encoder.py::test_cuda_bf16_vectors_agree_with_cpu_fp32"],
              150,
              has(facts, "pydantic", "av", "ffmpeg_binary") or (None if cuda else "no CUDA device")),
+            # Last, so its compile time cannot starve the rest: whether inductor's fusions
+            # and CUDA graphs beat the eager trunk at batch 256 (the eager row is "encode").
+            ("encode_compiled", [py, "benchmarks/encode.py", "--device", "cuda", "--dtype", "bf16",
+                                 "--preset", "imagebind_huge", "--batch", "256", "--no-reference",
+                                 "--compile", "reduce-overhead",
+                                 "--json", str(args.out / "encode_compiled.json")], 240,
+             None if cuda else "no CUDA device"),
         ]
     else:
         # NVDEC on and off where the machine has it; else the CPU decoder alone, said so.
