@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ingest.decode.base import DecodeError
+from ingest.decode.pyav_frames import decode_packets
 
 try:
     import av
@@ -122,19 +123,9 @@ def _chunks(resampled: _Resampled, frames: Iterator[object], chunk_samples: int,
 
 
 def _frames(container, stream, clock: _ChunkClock) -> Iterator[object]:
-    packets = container.demux(stream)
     good = bad = 0
-    while True:
-        clock.check()
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except av.FFmpegError:
-            break  # the container cannot be read further: what came is what there is
-        try:
-            frames = packet.decode()  # the last, empty packet flushes the decoder
-        except av.FFmpegError:
+    for packet, frames in decode_packets(container, stream, clock.check):
+        if frames is None:
             bad += 1  # a damaged packet: skipped, as the ffmpeg command line does
             continue
         good += packet.size > 0

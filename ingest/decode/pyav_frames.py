@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -185,23 +185,33 @@ def _decoded(container, stream, start: float, position: float, keyframes_only: b
         container.seek(max(target, 0), stream=stream, backward=True, any_frame=False)
     except av.FFmpegError:
         container.seek(0, stream=stream)  # unseekable: read from the start
+    for _packet, frames in decode_packets(container, stream, lambda: _check(deadline)):
+        for frame in frames or ():  # a damaged packet: skipped, as ffmpeg's command line does
+            stamp = frame.time if frame.time is not None else _dts_time(frame, stream)
+            if stamp is not None:
+                yield stamp - start, frame
+
+
+def decode_packets(container, stream, check: Callable[[], None]
+                   ) -> Iterator[tuple[object, list | None]]:
+    """(packet, its frames) of ``stream`` from where the container stands, ``None`` for
+    frames where the decoder refused the packet; ``check`` runs before each packet (the
+    time limit). Ends where the container can be read no further, as ffmpeg's command
+    line does: what came is what there is. Audio decodes through it too."""
     packets = container.demux(stream)
     while True:
-        _check(deadline)
+        check()
         try:
             packet = next(packets)
         except StopIteration:
             return
         except av.FFmpegError:
-            return  # the container cannot be read further: what came is what there is
+            return
         try:
-            frames = packet.decode()
+            frames = packet.decode()  # the last, empty packet flushes the decoder
         except av.FFmpegError:
-            continue  # a damaged packet: skipped, as the ffmpeg command line does
-        for frame in frames:
-            stamp = frame.time if frame.time is not None else _dts_time(frame, stream)
-            if stamp is not None:
-                yield stamp - start, frame
+            frames = None
+        yield packet, frames
 
 
 def _dts_time(frame, stream) -> float | None:
