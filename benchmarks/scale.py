@@ -12,7 +12,9 @@ run:
 
 - media-s/s on 1 and 2 nodes, the ratio and the parallel efficiency;
 - the driver's CPU-seconds and bytes read through read() per media-second;
-- the unchanged rerun's wall time against the first run's.
+- the unchanged rerun's wall time against the first run's;
+- with ``--audio-decoders auto,ffmpeg``, each node count once per audio decoder
+  and their throughput ratio (``auto`` decodes sound in each decode actor).
 
     python benchmarks/scale.py                          # 400 x 10-s videos, ~8 min
     python benchmarks/scale.py --videos 32 --seconds 6  # a quick look

@@ -200,12 +200,14 @@ def test_the_time_limit_bounds_one_chunk_not_the_consumer(media):
     from ingest.decode import pyav_audio
     from ingest.decode.base import DecodeError
 
-    path = media.get("tone_wav")  # 5 s: five chunks of one second
+    path = media.get("tone_wav")  # 5 s: two chunks of 2 s and the rest
     chunks = []
-    for chunk in pyav_audio.pcm_chunks(path, 16000, 16000, timeout_s=0.3):
+    # A limit wide enough for a loaded machine to decode 2 s of wav (well under a
+    # millisecond alone), narrower than the consumer's pauses added up.
+    for chunk in pyav_audio.pcm_chunks(path, 16000, 32000, timeout_s=2.0):
         chunks.append(chunk)
-        time.sleep(0.4)  # longer than the limit, every chunk
-    assert sum(len(c) for c in chunks) >= 4.9 * 16000 and len(chunks) >= 5
+        time.sleep(1.5)  # the pauses add up to more than the limit
+    assert sum(len(c) for c in chunks) >= 4.9 * 16000 and len(chunks) >= 2
     with pytest.raises(DecodeError, match="timed out"):
         list(pyav_audio.pcm_chunks(path, 16000, 16000, timeout_s=1e-9))
 
