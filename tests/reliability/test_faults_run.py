@@ -163,8 +163,10 @@ def _kill_after_segments(proc: subprocess.Popen, segments: int) -> int:
 
 
 def test_a_killed_ingest_process_resumes_exactly_once(tmp_path, clean_layout, figures) -> None:
-    # Progress lines come every 2 s: a corpus that takes longer than that to embed.
-    big_corpus = make_corpus(tmp_path / "media", images=120, texts=30, seed=9)
+    # Progress lines come every 2 s: a corpus that takes several times that to embed.
+    # (150 items once all landed before the second line on an idle machine, so the
+    # kill found nothing left to do.)
+    big_corpus = make_corpus(tmp_path / "media", images=480, texts=120, seed=9)
     home = tmp_path / "home"
     started = time.perf_counter()
     proc = subprocess.Popen(_mediabind("ingest", str(big_corpus), "--run-id", "killed"),
@@ -179,6 +181,7 @@ def test_a_killed_ingest_process_resumes_exactly_once(tmp_path, clean_layout, fi
     settings = settings_for(home)
     with open_ready_store(settings) as store:
         kept, items_kept = store.count(), stored_items(store)
+    assert items_kept < len(item_ids(big_corpus)), "the run ended its work before the kill"
     started = time.perf_counter()
     rerun = subprocess.run(_mediabind("ingest", str(big_corpus), "--json"), env=_cli_env(home),
                            capture_output=True, text=True, timeout=240)
